@@ -1,0 +1,1 @@
+"""Experiments: one module each, with a `Config` dataclass (including `run_dir`) and `run(config) -> summary`."""

@@ -1,0 +1,33 @@
+"""The experiment registry: every module in `experiments/` with a `Config` dataclass and `run(config)`."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import pkgutil
+from types import ModuleType
+
+import experiments
+
+
+def experiment_names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(experiments.__path__) if not m.name.startswith("_"))
+
+
+def load(name: str) -> ModuleType:
+    names = experiment_names()
+    if name not in names:
+        near = difflib.get_close_matches(name, names, n=3)
+        hint = f" (did you mean {', '.join(near)}?)" if near else ""
+        raise KeyError(f"unknown experiment {name!r}{hint}; known experiments: {', '.join(names)}")
+    module = importlib.import_module(f"experiments.{name}")
+    if not (hasattr(module, "Config") and dataclasses.is_dataclass(module.Config) and callable(getattr(module, "run", None))):
+        raise TypeError(f"experiments/{name}.py must define a Config dataclass and run(config)")
+    return module
+
+
+def describe(name: str) -> str:
+    """First line of the experiment module's docstring."""
+    doc = (importlib.import_module(f"experiments.{name}").__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
