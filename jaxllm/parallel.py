@@ -105,3 +105,29 @@ def create_sharded(init_fn: Callable[[jax.Array], Any], key: jax.Array, logical:
     abstract = jax.eval_shape(init_fn, key)
     shardings = param_shardings(abstract, logical, mesh, rules)
     return jax.jit(init_fn, out_shardings=shardings)(key), shardings
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A sharding that keeps a full copy on every device of `mesh`."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def shardings_like(abstract_tree: Any, abstract_params: Any, params_shardings: Any, mesh: Mesh) -> Any:
+    """Shardings for a tree derived from the parameters (an optimizer state), matched by key path.
+
+    A leaf whose key path ends with a parameter's path and has that parameter's shape (Adam's `mu['layer_0']
+    ['mlp']['up']['kernel']`) gets the parameter's sharding; everything else (counts, scalars) is replicated.
+    Without this, `jit(optimizer.init)` puts the moments on one device.
+    """
+    flat_p, _ = jax.tree_util.tree_flatten_with_path(abstract_params)
+    flat_s = jax.tree.leaves(params_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    by_path = {tuple(path): (leaf.shape, s) for (path, leaf), s in zip(flat_p, flat_s)}
+
+    def pick(path, leaf):
+        for i in range(len(path)):
+            hit = by_path.get(tuple(path[i:]))
+            if hit is not None and tuple(hit[0]) == tuple(leaf.shape):
+                return hit[1]
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_tree)

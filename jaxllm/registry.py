@@ -24,6 +24,8 @@ def load(name: str) -> ModuleType:
     module = importlib.import_module(f"experiments.{name}")
     if not (hasattr(module, "Config") and dataclasses.is_dataclass(module.Config) and callable(getattr(module, "run", None))):
         raise TypeError(f"experiments/{name}.py must define a Config dataclass and run(config)")
+    if "run_dir" not in {f.name for f in dataclasses.fields(module.Config)}:
+        raise TypeError(f"experiments/{name}.py: Config must have a `run_dir: str = \"\"` field")
     return module
 
 

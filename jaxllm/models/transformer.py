@@ -200,7 +200,7 @@ def rms_norm(x: jax.Array, scale: Optional[jax.Array], eps: float) -> jax.Array:
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     if scale is not None:
-        y = y * scale.astype(jnp.float32)
+        y = y * scale.astype(jnp.float32)[(None,) * (x.ndim - 1)]
     return y.astype(x.dtype)
 
 
@@ -208,7 +208,8 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> j
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + eps) * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    lead = (None,) * (x.ndim - 1)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps) * scale.astype(jnp.float32)[lead] + bias.astype(jnp.float32)[lead]
     return y.astype(x.dtype)
 
 
@@ -222,7 +223,7 @@ def rope(x_BTNh: jax.Array, positions_BT: jax.Array, theta: float, layout: str) 
     """Rotary embedding. `half`: pairs (i, i+h/2) (rotate_half); `interleaved`: pairs (2i, 2i+1)."""
     h = x_BTNh.shape[-1]
     inv_freq = theta ** (-jnp.arange(0, h, 2, dtype=jnp.float32) / h)  # [h/2]
-    angles = positions_BT.astype(jnp.float32)[..., None] * inv_freq  # [B, T, h/2]
+    angles = positions_BT.astype(jnp.float32)[..., None] * inv_freq[None, None, :]  # [B, T, h/2]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]
     x = x_BTNh.astype(jnp.float32)
@@ -237,9 +238,14 @@ def rope(x_BTNh: jax.Array, positions_BT: jax.Array, theta: float, layout: str) 
 
 def linear(p: Params, x: jax.Array, eqn: str) -> jax.Array:
     """One projection: einsum with p['kernel'] (+ p['bias']). The single place every matmul goes through."""
+    if "rsparse_dense_tokens" in p:  # R-Sparse projection tagged by forward(sparse_fraction>0): jaxllm/sparse
+        from jaxllm.sparse.rsparse import sparse_linear
+
+        return sparse_linear(p, x, eqn)
     y = jnp.einsum(eqn, x, p["kernel"].astype(x.dtype))
     if "bias" in p:
-        y = y + p["bias"].astype(x.dtype)
+        b = p["bias"].astype(x.dtype)
+        y = y + b[(None,) * (y.ndim - b.ndim)]
     return y
 
 
@@ -362,9 +368,11 @@ def forward(
     cache: Optional[dict] = None,
     cache_index: Optional[jax.Array | int] = None,
     dropout_rng: Optional[jax.Array] = None,
+    segment_ids: Optional[jax.Array] = None,
     return_layer_hiddens: bool = False,
     return_attention: bool = False,
     compute_logits: bool = True,
+    sparse_fraction: float = 0.0,
 ) -> TransformerOutput:
     """Run the Transformer.
 
@@ -376,6 +384,10 @@ def forward(
       attention_mask: [batch, kv_len] bool key mask (False = padding); kv_len = seq, or the cache length.
       cache: KV cache from `init_cache`; keys/values of this call are written at `cache_index`.
       dropout_rng: a key turns dropout on (gpt2 flavour, training); None = deterministic.
+      segment_ids: [batch, seq] int ids of packed documents; a token attends only to keys of its own
+        segment (no cache). Pass `positions` restarting per segment alongside.
+      sparse_fraction: R-Sparse (jaxllm/sparse/rsparse.py): the last ceil(f*seq) tokens of this call go through
+        the sparse linear of every projection that carries an `rsparse` entry (0 = dense, e.g. prefill; 1 = decode).
     Returns:
       TransformerOutput(logits [B,T,V] f32, hidden [B,T,D], cache, layer_hiddens, attention).
     """
@@ -396,10 +408,19 @@ def forward(
     x = _dropout(x, cfg.dropout, rngs[-1])
     kv_len = T if cache is None else next(iter(cache.values()))["k"].shape[1]
     mask = attention_bias(cfg, T, kv_len, offset, attention_mask, None if cache is None else offset + T)
+    if segment_ids is not None:
+        if cache is not None:
+            raise ValueError("segment_ids (packed sequences) cannot be combined with a KV cache")
+        same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]  # [B, 1, T, S]
+        mask = mask & same
     new_cache = {} if cache is not None else None
     hiddens, attns = [], []
     for i in range(cfg.n_layers):
         lp = params[f"layer_{i}"]
+        if sparse_fraction:  # R-Sparse: tag this layer's R-Sparse projections (no-op for plain trees)
+            from jaxllm.sparse.rsparse import mark_sparse_layer
+
+            lp = mark_sparse_layer(lp, f"layer_{i}", T, sparse_fraction)
         if return_layer_hiddens:
             hiddens.append(x)
         attn_rng = resid_rng = None

@@ -22,13 +22,17 @@ def main(argv: list[str]) -> int:
     try:
         module = registry.load(name)
         config = apply_overrides(module.Config(), overrides)
-    except (KeyError, ConfigError) as e:
+    except (KeyError, TypeError, ConfigError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
     if not getattr(config, "run_dir", ""):
         config = apply_overrides(config, [f"run_dir={default_run_dir(name)}"])
     print(f"experiment {name}: run_dir={config.run_dir}", flush=True)
-    summary = module.run(config)
+    try:
+        summary = module.run(config)
+    except ConfigError as e:  # e.g. resuming a run_dir that holds a different config
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if summary:
         for k, v in summary.items():
             print(f"  {k}: {v}")

@@ -1,23 +1,58 @@
 """orbax CheckpointManager saving params, optimizer state, step, RNG and the data iterator state together.
 
-A checkpoint that fails to restore (truncated, corrupt) is reported by name, moved aside to
-`<dir>/corrupt-<step>` (never overwritten silently) and the previous one is used.
+A checkpoint that fails to restore (truncated, corrupt, or whose values differ from the fingerprint saved
+with it) is reported by name (a CorruptCheckpointWarning), moved aside to `<dir>/corrupt-<step>-<time>`
+(never overwritten or deleted) and the previous one is used.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-log = logging.getLogger("jaxllm.checkpoint")
+
+class CorruptCheckpointWarning(UserWarning):
+    """A checkpoint could not be restored; it was moved aside and an older one is used."""
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint restored, but its contents differ from what was saved (fingerprint mismatch)."""
+
+
+def _as_uint32(x: jax.Array) -> jax.Array:
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        x = jnp.stack([x.real, x.imag])
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _fingerprint_leaves(tree):
+    def one(x):
+        u = _as_uint32(x).reshape(-1)
+        weight = jnp.arange(u.shape[0], dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
+        return jnp.sum(u * weight, dtype=jnp.uint32)  # modular: independent of the reduction order
+
+    return [one(x) for x in jax.tree.leaves(tree)]
+
+
+def fingerprint(tree: Any) -> list[int]:
+    """Position-weighted uint32 sum of every leaf's bits: orbax has no checksum, and a garbled data chunk
+    would otherwise restore silently with wrong values."""
+    return [int(v) for v in jax.device_get(_fingerprint_leaves(tree))]
 
 
 class Checkpointer:
@@ -41,6 +76,7 @@ class Checkpointer:
             preservation_policy=cm.AnyPreservationPolicy(policies),
             enable_async_checkpointing=self.async_save,
             create=True,
+            cleanup_tmp_directories=True,  # unfinished saves of a killed run (never a finished checkpoint)
         )
         return ocp.CheckpointManager(self.directory, options=options)
 
@@ -49,10 +85,11 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: Optional[dict] = None, metrics: Optional[dict] = None,
              meta: Optional[dict] = None) -> None:
+        meta = {**(meta or {}), "fingerprint": fingerprint(state)}
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state or {}),
-            meta=ocp.args.JsonSave(meta or {}),
+            meta=ocp.args.JsonSave(meta),
         )
         if self.best_metric and (metrics is None or self.best_metric not in metrics):
             metrics = None
@@ -68,8 +105,10 @@ class Checkpointer:
                     data=ocp.args.JsonRestore(),
                     meta=ocp.args.JsonRestore(),
                 ))
-                jax.block_until_ready(restored["state"])
-                return step, restored["state"], dict(restored["data"] or {}), dict(restored["meta"] or {})
+                meta = dict(restored["meta"] or {})
+                if "fingerprint" in meta and fingerprint(restored["state"]) != list(meta["fingerprint"]):
+                    raise CorruptCheckpointError("restored values differ from the saved fingerprint")
+                return step, restored["state"], dict(restored["data"] or {}), meta
             except Exception as e:  # noqa: BLE001 - any failure to read means this checkpoint is unusable
                 self._quarantine(step, e)
         return None
@@ -78,8 +117,7 @@ class Checkpointer:
         src = self.directory / str(step)
         dst = self.directory / f"corrupt-{step}-{int(time.time())}"
         msg = f"checkpoint {src} cannot be restored ({type(error).__name__}: {str(error)[:200]}); moved to {dst}"
-        log.warning(msg)
-        print(f"WARNING: {msg}", flush=True)
+        warnings.warn(msg, CorruptCheckpointWarning, stacklevel=2)
         self.corrupt.append(str(src))
         self._manager.close()
         if src.exists():

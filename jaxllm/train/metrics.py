@@ -94,6 +94,10 @@ class ProgressBar:
 
             self._bar = tqdm(total=total, initial=initial, dynamic_ncols=True, unit="step")
 
+    @property
+    def active(self) -> bool:
+        return self._bar is not None
+
     def __call__(self, step: int, metrics: dict[str, Any]) -> None:
         if self._bar is None:
             return
@@ -107,12 +111,17 @@ class ProgressBar:
             self._bar.close()
 
 
+def non_finite_keys(metrics: dict[str, Any]) -> list[str]:
+    """Names of the metrics that are non-finite numbers, `loss` first."""
+    bad = [k for k, v in metrics.items()
+           if isinstance(v, (float, int, np.floating)) and not isinstance(v, bool) and not math.isfinite(float(v))]
+    return sorted(bad, key=lambda k: k != "loss")
+
+
 def non_finite(metrics: dict[str, Any]) -> Optional[str]:
-    """Name of the first metric that is a non-finite number, or None."""
-    for k, v in metrics.items():
-        if isinstance(v, (float, int, np.floating)) and not isinstance(v, bool) and not math.isfinite(float(v)):
-            return k
-    return None
+    """Name of the offending metric (`loss` if it is non-finite, else the first non-finite one), or None."""
+    bad = non_finite_keys(metrics)
+    return bad[0] if bad else None
 
 
 def last_step(rows: Iterable[dict]) -> int:

@@ -19,7 +19,7 @@ import optax
 from jaxllm import parallel
 from jaxllm.config import ConfigError, check
 from jaxllm.train.checkpoint import Checkpointer
-from jaxllm.train.metrics import MetricsWriter, ProgressBar, non_finite, read_metrics
+from jaxllm.train.metrics import MetricsWriter, ProgressBar, non_finite, non_finite_keys, read_metrics
 
 Params = Any
 Batch = Any
@@ -101,6 +101,10 @@ def make_train_step(task: Task, grad_accum: int = 1) -> Callable[[TrainState, Ba
         if grad_accum == 1:
             loss, metrics, grads = grads_of(state.params, batch, rng)
         else:
+            for x in jax.tree.leaves(batch):
+                if np.ndim(x) == 0 or x.shape[0] % grad_accum:
+                    raise ConfigError(f"trainer.grad_accum={grad_accum} must divide the batch's leading axis; "
+                                      f"got a batch leaf of shape {tuple(np.shape(x))}")
             micro = jax.tree.map(lambda x: x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:]), batch)
 
             def body(carry, xs):
@@ -115,7 +119,7 @@ def make_train_step(task: Task, grad_accum: int = 1) -> Callable[[TrainState, Ba
             loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum, total)
         updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
         return TrainState(params, opt_state, state.step + 1, state.rng), metrics
 
     return step
@@ -124,12 +128,20 @@ def make_train_step(task: Task, grad_accum: int = 1) -> Callable[[TrainState, Ba
 def init_state(task: Task, seed: int, mesh=None) -> TrainState:
     key = jax.random.PRNGKey(seed)
     init_key, rng = jax.random.split(key)
-    if mesh is not None and task.logical_axes is not None:
-        params, _ = parallel.create_sharded(task.init_params, init_key, task.logical_axes, mesh)
-    else:
-        params = task.init_params(init_key)
+    step = jnp.zeros((), jnp.int32)
+    if mesh is not None:
+        if task.logical_axes is None:
+            raise ConfigError("a mesh of more than one device needs task.logical_axes for the parameters")
+        params, p_shardings = parallel.create_sharded(task.init_params, init_key, task.logical_axes, mesh)
+        abstract_params = jax.eval_shape(lambda: params)
+        o_shardings = parallel.shardings_like(jax.eval_shape(task.optimizer.init, abstract_params),
+                                              abstract_params, p_shardings, mesh)
+        opt_state = jax.jit(task.optimizer.init, out_shardings=o_shardings)(params)
+        rep = parallel.replicated(mesh)
+        return TrainState(params, opt_state, jax.device_put(step, rep), jax.device_put(rng, rep))
+    params = task.init_params(init_key)
     opt_state = jax.jit(task.optimizer.init)(params)
-    return TrainState(params, opt_state, jnp.zeros((), jnp.int32), rng)
+    return TrainState(params, opt_state, step, rng)
 
 
 def _put_batch(batch, mesh):
@@ -138,12 +150,27 @@ def _put_batch(batch, mesh):
     return jax.tree.map(lambda x: jax.device_put(np.asarray(x), parallel.batch_sharding(mesh, np.ndim(x))), batch)
 
 
+def log_line(total: int) -> Callable[[int, dict], None]:
+    """Hook printing one line per log step (used instead of the tqdm bar when stderr is not a terminal)."""
+
+    def hook(step: int, row: dict) -> None:
+        shown = {k: v for k, v in row.items() if k == "loss" or k.startswith("eval/")}
+        parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()]
+        rate = row.get("perf/steps_per_s")
+        print(f"step {step}/{total}  " + "  ".join(parts) + (f"  {rate:.3g} steps/s" if rate else ""), flush=True)
+
+    return hook
+
+
 def train(cfg: TrainerConfig, task: Task, run_dir: str, seed: int = 0, hooks: Iterable[Callable] = ()) -> TrainResult:
     """Train `task` for `cfg.steps` updates, writing metrics and checkpoints under `run_dir`.
 
     Re-running with the same `run_dir` resumes from the newest checkpoint that restores and truncates
     metrics.jsonl to it, so the final file has every logged step exactly once.
     """
+    if cfg.grad_accum > 1 and task.batches is None:
+        raise ConfigError(f"trainer.grad_accum={cfg.grad_accum} needs task.batches (mini-batches to split); "
+                          "a full-batch task (batches=None) has nothing to accumulate over")
     mesh = parallel.make_mesh(cfg.mesh) if cfg.mesh.size > 1 else None
     if mesh is not None and task.logical_axes is None:
         raise ConfigError("a mesh of more than one device needs task.logical_axes for the parameters")
@@ -168,14 +195,17 @@ def train(cfg: TrainerConfig, task: Task, run_dir: str, seed: int = 0, hooks: It
         dropped = writer.truncate_after(step0)
         print(f"resumed from checkpoint step {step0} in {run_dir} ({dropped} later metric rows dropped)", flush=True)
     else:
-        writer.truncate_after(-1)
+        dropped = writer.truncate_after(-1)
+        if dropped:
+            print(f"no checkpoint in {run_dir}: starting from step 0 ({dropped} old metric rows dropped)", flush=True)
 
     state_shardings = jax.tree.map(lambda x: x.sharding, state) if mesh is not None else None
     step_fn = jax.jit(make_train_step(task, cfg.grad_accum), donate_argnums=0,
                       out_shardings=(state_shardings, None) if mesh is not None else None)
     start = int(state.step)
     bar = ProgressBar(cfg.steps, initial=start, enabled=None if cfg.progress else False)
-    hooks = [bar, *hooks]
+    printer = [log_line(cfg.steps)] if cfg.progress and not bar.active else []
+    hooks = [bar, *printer, *hooks]
 
     def log_row(step: int, params, metrics: dict, is_eval: bool) -> dict:
         row = dict(metrics)
@@ -206,8 +236,10 @@ def train(cfg: TrainerConfig, task: Task, run_dir: str, seed: int = 0, hooks: It
                 bad = bad or non_finite(row)
             if bad is not None:
                 ckpt.wait()
+                others = [k for k in non_finite_keys(row) if k != bad]
+                also = f" (also non-finite: {', '.join(others)})" if others else ""
                 raise NonFiniteError(
-                    f"non-finite metric {bad!r} = {row[bad]} at step {s}; stopped, last good checkpoint: "
+                    f"non-finite metric {bad!r} = {row[bad]} at step {s}{also}; stopped, last good checkpoint: "
                     f"{max(ckpt.all_steps(), default=None)} in {run_dir}/checkpoints"
                 )
             if s % cfg.checkpoint_every == 0 or s == cfg.steps:

@@ -1,0 +1,208 @@
+"""Li2 phase diagram: test accuracy over moduli × train fractions (× seeds), with the 2.7482·ln M/M boundary.
+
+For each modulus M every (train fraction, seed) run has the same shapes once the training pairs are padded to
+the largest split with a 0/1 weight, so one jitted, vmapped full-batch training loop trains them all at once.
+Train fractions are `fraction_scales` × p*(M), p*(M) = 2.7482·ln M/M (the reference's critical ratio), unless
+`train_fractions` gives absolute ones. A rerun with the same run_dir skips the moduli already in results.jsonl.
+
+    python -m jaxllm.train li2_phase_diagram moduli=23,41,71 seeds=3 steps=3000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxllm.config import check, check_choice
+from jaxllm.data.tasks import group_arithmetic as ga
+from jaxllm.models import li2
+from jaxllm.train import prepare_run_dir, save_figure, write_summary
+
+GROK_THRESHOLD = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    moduli: tuple[int, ...] = (23, 31, 41, 53)
+    fraction_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)  # train fraction = scale × p*(M)
+    train_fractions: tuple[float, ...] = ()  # absolute train fractions; when given, replaces fraction_scales
+    seeds: int = 2  # seeds 0..seeds-1 (split and init)
+    hidden: int = 512
+    activation: str = "sqr"
+    loss: str = "mse"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 2e-4
+    steps: int = 2000
+    eval_every: int = 100  # test accuracy is recorded every this many steps (for the grok step)
+    run_dir: str = ""
+
+    def __post_init__(self):
+        check(len(self.moduli) >= 1, "moduli must list at least one modulus")
+        for m in self.moduli:
+            ga.cyclic_group(m)
+        check(len(self.fraction_scales) >= 1 or len(self.train_fractions) >= 1,
+              "give fraction_scales or train_fractions")
+        for m in self.moduli:
+            for f in self.fractions(m):
+                ga.split_sizes(m * m, f)
+        check(all(s > 0 for s in self.fraction_scales), f"fraction_scales must be > 0, got {self.fraction_scales}")
+        check(self.seeds >= 1, f"seeds must be >= 1, got {self.seeds}")
+        li2.Li2Config(max(self.moduli), self.hidden, self.activation, self.loss)
+        check_choice("optimizer", self.optimizer, li2.OPTIMIZERS)
+        check(self.lr > 0 and self.weight_decay >= 0, f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+        check(self.steps >= 1 and self.eval_every >= 1 and self.steps % self.eval_every == 0,
+              f"steps ({self.steps}) must be a positive multiple of eval_every ({self.eval_every})")
+
+    def fractions(self, modulus: int) -> list[float]:
+        if self.train_fractions:
+            return [float(f) for f in self.train_fractions]
+        p_crit = ga.critical_train_fraction(modulus)
+        return [round(s * p_crit, 4) for s in self.fraction_scales]
+
+
+def stacked_splits(group: ga.Group, fractions: list[float], seeds: int):
+    """Padded train sets and test masks of every (fraction, seed) run: dict of [R, ...] arrays, R = runs."""
+    a_all, b_all, y_all = ga.all_pairs(group)
+    runs = [(f, s) for f in fractions for s in range(seeds)]
+    n_max = max(ga.split_sizes(len(a_all), f)[0] for f in fractions)
+    idx = np.zeros((len(runs), n_max), np.int32)
+    weight = np.zeros((len(runs), n_max), np.float32)
+    test_mask = np.ones((len(runs), len(a_all)), np.float32)
+    for r, (f, s) in enumerate(runs):
+        perm = np.random.default_rng(s).permutation(len(a_all))  # the same split as ga.split_pairs
+        train = np.sort(perm[:ga.split_sizes(len(a_all), f)[0]])
+        idx[r, :len(train)] = train
+        weight[r, :len(train)] = 1.0
+        test_mask[r, train] = 0.0
+    return runs, {"a": a_all[idx], "b": b_all[idx], "y": y_all[idx], "w": weight, "test_mask": test_mask}
+
+
+def train_runs(model: li2.Li2Config, tx: optax.GradientTransformation, data: dict, seeds: jax.Array,
+               steps: int, eval_every: int, all_pairs: tuple) -> tuple[jax.Array, jax.Array]:
+    """Full-batch training of every run at once (vmapped). Returns (train_acc, test_acc), each [R, steps/eval_every]."""
+
+    def one_run(a, b, y, w, test_mask, seed):
+        params = li2.init_params(model, jax.random.PRNGKey(seed))
+        opt_state = tx.init(params)
+
+        def loss(p):
+            return li2.loss_and_accuracy(model, p, a, b, y, w)[0]
+
+        def step(carry, _):
+            p, o = carry
+            grads = jax.grad(loss)(p)
+            updates, o = tx.update(grads, o, p)
+            return (optax.apply_updates(p, updates), o), None
+
+        def chunk(carry, _):
+            carry, _ = jax.lax.scan(step, carry, None, length=eval_every)
+            _, train_acc = li2.loss_and_accuracy(model, carry[0], a, b, y, w)
+            _, test_acc = li2.loss_and_accuracy(model, carry[0], *all_pairs, test_mask)
+            return carry, (train_acc, test_acc)
+
+        _, accs = jax.lax.scan(chunk, (params, opt_state), None, length=steps // eval_every)
+        return accs
+
+    return jax.vmap(one_run)(data["a"], data["b"], data["y"], data["w"], data["test_mask"], seeds)
+
+
+def run(config: Config) -> dict:
+    t0 = time.perf_counter()
+    run_dir = Path(config.run_dir or "runs/li2_phase_diagram/default")
+    prepare_run_dir(str(run_dir), config)
+    results_file = run_dir / "results.jsonl"
+    rows = [json.loads(x) for x in results_file.read_text().splitlines()] if results_file.exists() else []
+    done = {r["modulus"] for r in rows}
+    tx = li2.make_optimizer(config.optimizer, config.lr, config.weight_decay)
+    for m in config.moduli:
+        if m in done:
+            continue
+        t_m = time.perf_counter()
+        group = ga.cyclic_group(m)
+        model = li2.Li2Config(m, config.hidden, config.activation, config.loss)
+        runs, data = stacked_splits(group, config.fractions(m), config.seeds)
+        seeds = jnp.asarray([s for _, s in runs], jnp.int32)
+        all_pairs = tuple(jnp.asarray(x) for x in ga.all_pairs(group))
+        fn = jax.jit(partial(train_runs, model, tx, steps=config.steps, eval_every=config.eval_every,
+                             all_pairs=all_pairs))
+        train_acc, test_acc = jax.device_get(fn({k: jnp.asarray(v) for k, v in data.items()}, seeds))
+        new = []
+        for r, (f, s) in enumerate(runs):
+            grok = np.nonzero(test_acc[r] >= GROK_THRESHOLD)[0]
+            new.append({"modulus": m, "train_fraction": f, "seed": s,
+                        "critical_train_fraction": round(ga.critical_train_fraction(m), 4),
+                        "train_accuracy": float(train_acc[r, -1]), "test_accuracy": float(test_acc[r, -1]),
+                        "grok_step": int((grok[0] + 1) * config.eval_every) if len(grok) else None})
+        with open(results_file, "a") as fh:
+            fh.write("".join(json.dumps(x) + "\n" for x in new))
+        rows.extend(new)
+        print(f"M={m}: {len(runs)} runs in {time.perf_counter() - t_m:.1f}s; test acc by fraction "
+              + ", ".join(f"{f}: {np.mean([x['test_accuracy'] for x in new if x['train_fraction'] == f]):.2f}"
+                          for f in config.fractions(m)), flush=True)
+
+    rows = [r for r in rows if r["modulus"] in config.moduli]
+    summary = summarise(config, rows)
+    summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    plot_phase_diagram(str(run_dir), config, rows)
+    write_summary(str(run_dir), summary, title="Li2 phase diagram")
+    return summary
+
+
+def mean_test_accuracy(rows: list[dict], m: int, f: float) -> float:
+    return float(np.mean([r["test_accuracy"] for r in rows if r["modulus"] == m and r["train_fraction"] == f]))
+
+
+def summarise(config: Config, rows: list[dict]) -> dict:
+    """Per modulus: the predicted boundary and the smallest swept fraction whose mean test accuracy ≥ 0.95."""
+    boundary = {}
+    for m in config.moduli:
+        fr = sorted(config.fractions(m))
+        acc = [mean_test_accuracy(rows, m, f) for f in fr]
+        generalising = [f for f, a in zip(fr, acc) if a >= GROK_THRESHOLD]
+        boundary[str(m)] = {
+            "predicted": round(ga.critical_train_fraction(m), 4),
+            "smallest_generalising_fraction": generalising[0] if generalising else None,
+            "largest_memorising_fraction": max([f for f, a in zip(fr, acc) if a < 0.5], default=None),
+            "mean_test_accuracy": {str(f): round(a, 4) for f, a in zip(fr, acc)},
+        }
+    above = [r["test_accuracy"] for r in rows if r["train_fraction"] > r["critical_train_fraction"]]
+    below = [r["test_accuracy"] for r in rows if r["train_fraction"] < r["critical_train_fraction"]]
+    return {
+        "runs": len(rows),
+        "mean_test_accuracy_above_boundary": round(float(np.mean(above)), 4) if above else None,
+        "mean_test_accuracy_below_boundary": round(float(np.mean(below)), 4) if below else None,
+        "boundary": boundary,
+    }
+
+
+def plot_phase_diagram(run_dir: str, config: Config, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for m in config.moduli:
+        fr = sorted(config.fractions(m))
+        acc = [mean_test_accuracy(rows, m, f) for f in fr]
+        sc = ax.scatter([m] * len(fr), fr, c=acc, cmap="RdYlGn", vmin=0, vmax=1, s=260, marker="s", edgecolors="k")
+    grid = np.linspace(min(config.moduli) * 0.9, max(config.moduli) * 1.1, 200)
+    ax.plot(grid, ga.CRITICAL_RATIO_MULTIPLIER * np.log(grid) / grid, "k--",
+            label="p* = 2.7482·ln M / M")
+    ax.set_xlabel("modulus M")
+    ax.set_ylabel("train fraction")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.colorbar(sc, ax=ax, label=f"test accuracy (mean of {config.seeds} seeds)")
+    ax.set_title(f"Li2 phase diagram (K={config.hidden}, {config.optimizer}, wd={config.weight_decay}, "
+                 f"{config.steps} steps)")
+    save_figure(fig, run_dir, "phase_diagram")

@@ -1,0 +1,149 @@
+"""R-Sparse quality: perplexity of a trained decoder at 40-70% sparsity (dense, TEAL, R-Sparse uniform / searched α).
+
+The paper's claim checked here (arXiv 2504.19449): at 50% model-level sparsity R-Sparse stays close to dense and
+beats plain (TEAL-style) thresholding. The model is a byte-level Llama-flavour decoder with grouped-query attention
+trained in this library on Python standard-library source text (files split into train / held-out by index), or a
+real checkpoint from a local directory (`checkpoint_path=...`, loaded with `jaxllm.hf.load_pretrained`).
+
+Protocol: thresholds are calibrated on `calib_windows` windows of training text, α is searched on a separate set of
+`search_windows` training windows, perplexity is measured on held-out files. Every token of the evaluated
+windows goes through the sparse path (`sparse_fraction=1`): linears are per-token, so this equals teacher-forced
+decoding with every decode step sparse, the strictest setting (the reference code sparsifies only the last 10%).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import sysconfig
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxllm.models import transformer as tfm
+from jaxllm.train import trainer as trainer_lib
+from jaxllm.train.run import prepare_run_dir, save_figure, write_summary
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The small decoder and how it is trained (its own sub-run-dir `train/`, so evaluation settings can change
+    without invalidating the trained checkpoint)."""
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2  # GQA, so k/v projections have their true (narrower) shapes in the budget rule
+    d_ff: int = 384
+    seq_len: int = 128
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    trainer: trainer_lib.TrainerConfig = trainer_lib.TrainerConfig(
+        steps=2500, log_every=100, checkpoint_every=500, progress=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    run_dir: str = ""
+    model: ModelConfig = ModelConfig()
+    checkpoint_path: str = ""  # a local HF checkpoint directory instead of training the small model
+    seed: int = 0
+    sparsities: tuple = (0.4, 0.5, 0.6, 0.7)
+    uniform_alpha: float = 0.95  # the paper's uniform baseline ("rho = 0.95 uniformly across all layers")
+    search: str = "evolutionary"  # or "greedy"
+    search_generations: int = 6
+    search_population: int = 12
+    calib_windows: int = 8
+    search_windows: int = 8
+    eval_windows: int = 96
+    sparse_fraction: float = 1.0
+
+    def __post_init__(self):
+        from jaxllm.config import check, check_choice
+
+        check_choice("search", self.search, ("evolutionary", "greedy"))
+        for s in self.sparsities:
+            check(0.0 <= s <= 1.0, f"sparsity {s} outside [0, 1]")
+        check(0.0 <= self.uniform_alpha <= 1.0, f"uniform_alpha={self.uniform_alpha} outside [0, 1]")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data: bytes of the Python standard library's top-level modules; every 8th file is held out.
+
+
+def corpus(split: str) -> np.ndarray:
+    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
+    chosen = [f for i, f in enumerate(files) if (i % 8 == 7) == (split == "heldout")]
+    data = b"".join(Path(f).read_bytes() for f in chosen)
+    return np.frombuffer(data, np.uint8).astype(np.int32)
+
+
+class WindowSampler:
+    """Random windows [batch, seq_len + 1] of a token array; state = number of batches drawn (exact resume)."""
+
+    def __init__(self, tokens: np.ndarray, batch: int, seq_len: int, seed: int):
+        self.tokens, self.batch, self.seq_len, self.seed, self.n = tokens, batch, seq_len, seed, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        rng = np.random.default_rng([self.seed, self.n])
+        self.n += 1
+        starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, self.batch)
+        return jnp.asarray(np.stack([self.tokens[s: s + self.seq_len + 1] for s in starts]))
+
+    def get_state(self):
+        return {"n": self.n}
+
+    def set_state(self, state):
+        self.n = int(state["n"])
+
+
+def fixed_windows(tokens: np.ndarray, n: int, seq_len: int, seed: int) -> np.ndarray:
+    """n windows [n, seq_len + 1] at evenly spread, seed-jittered offsets (deterministic)."""
+    rng = np.random.default_rng(seed)
+    starts = np.linspace(0, len(tokens) - seq_len - 2, n).astype(int)
+    starts = np.minimum(starts + rng.integers(0, seq_len, n), len(tokens) - seq_len - 1)
+    return np.stack([tokens[s: s + seq_len + 1] for s in starts])
+
+
+def model_config(m: ModelConfig) -> tfm.TransformerConfig:
+    return tfm.TransformerConfig(vocab_size=256, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
+                                 n_kv_heads=m.n_kv_heads, d_ff=m.d_ff, max_seq_len=m.seq_len,
+                                 tie_embeddings=False)
+
+
+def nll(cfg, params, windows, **fwd) -> jax.Array:
+    """Mean next-token negative log-likelihood of windows [B, S + 1]."""
+    logits = tfm.forward(cfg, params, windows[:, :-1], **fwd).logits
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(jnp.take_along_axis(logp, windows[:, 1:, None], axis=-1))
+
+
+def train_model(config: Config, run_dir: str):
+    """Train (or resume) the small decoder in `run_dir/train`; returns (TransformerConfig, params)."""
+    m = config.model
+    cfg = model_config(m)
+    sub = os.path.join(run_dir, "train")
+    prepare_run_dir(sub, m)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, m.lr, m.warmup, max(m.trainer.steps, m.warmup + 1))
+    heldout = jnp.asarray(fixed_windows(corpus("heldout"), 32, m.seq_len, seed=1))
+    task = trainer_lib.Task(
+        init_params=lambda key: tfm.init_params(cfg, key),
+        loss_fn=lambda p, batch, rng: (lambda loss: (loss, {"loss": loss}))(nll(cfg, p, batch)),
+        optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=m.weight_decay)),
+        batches=WindowSampler(corpus("train"), m.batch_size, m.seq_len, config.seed),
+        eval_fn=lambda p: {"loss": float(jax.jit(lambda q: nll(cfg, q, heldout))(p))},
+    )
+    result = trainer_lib.train(m.trainer, task, sub, seed=config.seed)
+    return cfg, result.state.params

@@ -1,0 +1,102 @@
+"""Language-model training through the one trainer: next-token loss with masks, eval loss, and a Task.
+
+Batches are the dicts of `jaxllm.data.pipeline`: tokens [B, T] int32, loss_mask [B, T] (1 where the token
+is a target), and optionally segment_ids / positions [B, T] for packed rows.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Iterable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxllm.models import transformer as tfm
+from jaxllm.train.trainer import Task
+
+
+def token_losses(cfg: tfm.TransformerConfig, params, batch: dict, rng: Optional[jax.Array] = None):
+    """(per-target cross-entropy [B, T-1] float32, weights [B, T-1]): position t predicts token t+1."""
+    tokens = batch["tokens"]
+    out = tfm.forward(cfg, params, tokens[:, :-1], positions=_cut(batch.get("positions")),
+                      segment_ids=_cut(batch.get("segment_ids")), dropout_rng=rng)
+    targets = tokens[:, 1:]
+    logp = jax.nn.log_softmax(out.logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    mask = batch.get("loss_mask")
+    weights = jnp.ones(targets.shape, jnp.float32) if mask is None else mask[:, 1:].astype(jnp.float32)
+    return nll, weights
+
+
+def _cut(x):
+    return None if x is None else x[:, :-1]
+
+
+def next_token_loss(cfg: tfm.TransformerConfig, params, batch: dict, rng: Optional[jax.Array] = None):
+    """Mean masked next-token cross-entropy; returns (loss, {"tokens": number of target tokens})."""
+    nll, w = token_losses(cfg, params, batch, rng)
+    n = jnp.sum(w)
+    loss = jnp.sum(nll * w) / jnp.maximum(n, 1.0)
+    return loss, {"tokens": n}
+
+
+@partial(jax.jit, static_argnums=0)
+def _loss_sums(cfg, params, batch):
+    nll, w = token_losses(cfg, params, batch)
+    return jnp.sum(nll * w), jnp.sum(w)
+
+
+def eval_loss(cfg: tfm.TransformerConfig, params, batches: Iterable[dict]) -> float:
+    """Token-weighted mean next-token loss over a finite list of batches (jitted per batch shape)."""
+    total, count = 0.0, 0.0
+    for b in batches:
+        s, n = _loss_sums(cfg, params, {k: jnp.asarray(v) for k, v in b.items()})
+        total += float(s)
+        count += float(n)
+    if count == 0:
+        raise ValueError("eval_loss: the batches hold no target tokens (all loss_mask entries are 0)")
+    return total / count
+
+
+def check_batch(cfg: tfm.TransformerConfig, batch: dict) -> None:
+    """Boundary check of one batch (host side): shapes, dtypes and token ids within the vocabulary."""
+    tok = np.asarray(batch["tokens"])
+    if tok.ndim != 2 or not np.issubdtype(tok.dtype, np.integer):
+        raise ValueError(f"batch['tokens'] must be [batch, seq] integers, got {tok.dtype}{list(tok.shape)}")
+    if tok.size and (tok.min() < 0 or tok.max() >= cfg.vocab_size):
+        raise ValueError(f"batch['tokens'] has ids in [{tok.min()}, {tok.max()}] outside the vocabulary "
+                         f"[0, {cfg.vocab_size})")
+    if tok.shape[1] > cfg.max_seq_len + 1:
+        raise ValueError(f"sequence length {tok.shape[1]} exceeds max_seq_len+1={cfg.max_seq_len + 1}")
+    for k in ("loss_mask", "segment_ids", "positions"):
+        if k in batch and np.shape(batch[k]) != tok.shape:
+            raise ValueError(f"batch[{k!r}] has shape {np.shape(batch[k])}, expected {tok.shape}")
+
+
+def lm_task(model_cfg: tfm.TransformerConfig, optimizer: optax.GradientTransformation, batches: Any,
+            eval_batches: Optional[list[dict]] = None, init_params=None, eval_name: str = "loss") -> Task:
+    """A trainer Task for next-token training. `eval_batches` (a finite list) gives eval/<eval_name>;
+    `init_params(key)` overrides random init (e.g. fine-tuning from loaded weights)."""
+    if eval_batches is not None:
+        for b in eval_batches:
+            check_batch(model_cfg, b)
+
+    def loss_fn(params, batch, rng):
+        return next_token_loss(model_cfg, params, batch, rng if model_cfg.dropout > 0 else None)
+
+    eval_fn = None
+    if eval_batches is not None:
+        def eval_fn(params):
+            return {eval_name: eval_loss(model_cfg, params, eval_batches)}
+
+    return Task(
+        init_params=init_params or (lambda key: tfm.init_params(model_cfg, key)),
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        batches=batches,
+        eval_fn=eval_fn,
+        logical_axes=tfm.logical_axes(model_cfg),
+    )
