@@ -31,7 +31,7 @@ GROK_THRESHOLD = 0.95
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    moduli: tuple[int, ...] = (23, 31, 41, 53)
+    moduli: tuple[int, ...] = (23, 31, 41)
     fraction_scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0)  # train fraction = scale × p*(M)
     train_fractions: tuple[float, ...] = ()  # absolute train fractions; when given, replaces fraction_scales
     seeds: int = 2  # seeds 0..seeds-1 (split and init)

@@ -57,7 +57,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     checkpoint_path: str = ""  # a local HF checkpoint directory instead of training the small model
     seed: int = 0
-    sparsities: tuple = (0.4, 0.5, 0.6, 0.7)
+    sparsities: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7)
     uniform_alpha: float = 0.95  # the paper's uniform baseline ("rho = 0.95 uniformly across all layers")
     search: str = "evolutionary"  # or "greedy"
     search_generations: int = 6
@@ -147,3 +147,130 @@ def train_model(config: Config, run_dir: str):
     )
     result = trainer_lib.train(m.trainer, task, sub, seed=config.seed)
     return cfg, result.state.params
+
+
+def load_checkpoint(path: str, seq_len: int):
+    """A real decoder from a local HF directory (config + safetensors + tokenizer.json), no network."""
+    from tokenizers import Tokenizer
+
+    from jaxllm.hf import load_pretrained
+
+    cfg, params = load_pretrained(path, dtype="float32")
+    tok = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+
+    def encode(split):
+        files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
+        chosen = [f for i, f in enumerate(files) if (i % 8 == 7) == (split == "heldout")][:12]
+        return np.asarray(sum((tok.encode(Path(f).read_text(errors="replace")).ids for f in chosen), []), np.int32)
+
+    return cfg, params, encode
+
+
+def perplexity(cfg, params, windows: np.ndarray, sparse_fraction: float, batch: int = 16) -> float:
+    fn = jax.jit(lambda p, w: nll(cfg, p, w, sparse_fraction=sparse_fraction))
+    losses = [float(fn(params, jnp.asarray(windows[i: i + batch]))) * len(windows[i: i + batch])
+              for i in range(0, len(windows), batch)]
+    return float(math.exp(sum(losses) / len(windows)))
+
+
+def mean_layer_error(params, tree, inputs) -> float:
+    from jaxllm.sparse import rsparse as rs
+
+    errs = []
+    for name, p in rs.projections(params).items():
+        lname, group, pname = name.split("/")
+        errs.append(rs.relative_error(inputs[name], rs.kernel_matrix(name, p["kernel"]),
+                                      tree[lname][group][pname]["rsparse"]))
+    return float(np.mean(errs))
+
+
+def run(config: Config) -> dict:
+    from jaxllm.sparse import rsparse as rs
+
+    run_dir = config.run_dir
+    prepare_run_dir(run_dir, config)
+    t0 = time.time()
+    seq = config.model.seq_len
+    if config.checkpoint_path:
+        cfg, params, encode = load_checkpoint(config.checkpoint_path, seq)
+        train_tokens, heldout_tokens = encode("train"), encode("heldout")
+        source = f"checkpoint {config.checkpoint_path}"
+    else:
+        cfg, params = train_model(config, run_dir)
+        train_tokens, heldout_tokens = corpus("train"), corpus("heldout")
+        source = (f"byte-level decoder trained here: d_model={cfg.d_model}, layers={cfg.n_layers}, heads={cfg.n_heads}, "
+                  f"kv_heads={cfg.num_heads_kv}, d_ff={cfg.d_ff}, {config.model.trainer.steps} steps")
+    calib = fixed_windows(train_tokens, config.calib_windows, seq, seed=10)
+    search = fixed_windows(train_tokens, config.search_windows, seq, seed=11)
+    evalw = fixed_windows(heldout_tokens, config.eval_windows, seq, seed=12)
+    factors = rs.compute_factors(params)
+    calib_in = rs.collect_inputs(cfg, params, calib[:, :-1])
+    search_in = rs.collect_inputs(cfg, params, search[:, :-1])
+    f = config.sparse_fraction
+    dense_ppl = perplexity(cfg, params, evalw, 0.0)
+    print(f"dense perplexity {dense_ppl:.4f}", flush=True)
+    rows, recipes = [], {}
+    for s in config.sparsities:
+        methods = {}
+        tree, _ = rs.rsparsify(cfg, params, None, s, method="teal", factors=factors, inputs=calib_in)
+        methods["teal"] = tree
+        tree, _ = rs.rsparsify(cfg, params, None, s, 1.0, factors=factors, inputs=calib_in)
+        methods["rsparse_alpha1"] = tree
+        tree, _ = rs.rsparsify(cfg, params, None, s, config.uniform_alpha, factors=factors, inputs=calib_in)
+        methods["rsparse_uniform"] = tree
+        greedy, _ = rs.greedy_alpha_search(params, factors, calib_in, search_in, s)
+        tree, _ = rs.rsparsify(cfg, params, None, s, greedy, factors=factors, inputs=calib_in)
+        methods["rsparse_greedy"] = tree
+        recipes[f"greedy_{s}"] = greedy
+        if config.search == "evolutionary":
+            evo, kl, hist = rs.evolutionary_alpha_search(
+                cfg, params, factors, calib_in, search[:, :-1], s, init=greedy,
+                generations=config.search_generations, population=config.search_population, seed=config.seed,
+                log=print)
+            tree, _ = rs.rsparsify(cfg, params, None, s, evo, factors=factors, inputs=calib_in)
+            methods["rsparse_evolutionary"] = tree
+            recipes[f"evolutionary_{s}"] = evo
+        for name, tree in methods.items():
+            ppl = perplexity(cfg, tree, evalw, f)
+            err = mean_layer_error(params, tree, search_in)
+            rows.append({"sparsity": s, "method": name, "ppl": ppl, "mean_layer_rel_error": err})
+            print(f"s={s} {name:22s} ppl {ppl:.4f}  mean layer rel. error {err:.4f}", flush=True)
+    (Path(run_dir) / "recipes.json").write_text(json.dumps(recipes, indent=1))
+    (Path(run_dir) / "results.json").write_text(json.dumps({"dense_ppl": dense_ppl, "rows": rows}, indent=1))
+    _plots(run_dir, dense_ppl, rows, recipes, config)
+    summary = {"source": source, "dense_ppl": dense_ppl, "eval_tokens": int(evalw.shape[0] * seq),
+               "sparse_fraction": f, "seconds": round(time.time() - t0, 1)}
+    for r in rows:
+        summary[f"ppl/{r['method']}/s{r['sparsity']}"] = r["ppl"]
+    write_summary(run_dir, summary, "R-Sparse quality")
+    return summary
+
+
+def _plots(run_dir, dense_ppl, rows, recipes, config):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in sorted({r["method"] for r in rows}):
+        pts = [(r["sparsity"], r["ppl"]) for r in rows if r["method"] == m]
+        ax.plot(*zip(*pts), marker="o", label=m)
+    ax.axhline(dense_ppl, color="k", ls="--", label="dense")
+    ax.set_xlabel("model-level sparsity s")
+    ax.set_ylabel("held-out perplexity (bytes)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title("R-Sparse vs TEAL, every token sparse")
+    save_figure(fig, run_dir, "rsparse_ppl")
+    key = "evolutionary_0.5" if "evolutionary_0.5" in recipes else "greedy_0.5"
+    if key in recipes:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        names = list(recipes[key])
+        ax.bar(range(len(names)), [recipes[key][n] for n in names])
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.replace("layer_", "L").replace("/attn/", ".").replace("/mlp/", ".") for n in names],
+                           rotation=90, fontsize=6)
+        ax.set_ylabel("α")
+        ax.set_title(f"searched α per layer at s = 0.5 ({key.split('_')[0]})")
+        save_figure(fig, run_dir, "rsparse_alpha_s0.5")

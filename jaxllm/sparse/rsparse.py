@@ -339,7 +339,8 @@ def rsparsify(cfg: tfm.TransformerConfig, params: Params, calib_tokens: Optional
 
 def kept_fraction(x: np.ndarray, entry: Mapping[str, jax.Array]) -> float:
     """Fraction of (token, channel) pairs that take the exact path."""
-    return float(jnp.mean(keep_mask(jnp.asarray(x), entry["scale"], entry["tau"])))
+    scores = np.abs(np.asarray(x, np.float32) * np.asarray(entry["scale"], np.float32)[None, :])
+    return float(np.mean(scores > np.float32(entry["tau"])))
 
 
 def relative_error(x: np.ndarray, kernel_2d, entry) -> float:

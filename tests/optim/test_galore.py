@@ -96,7 +96,6 @@ FAST_CASES = [
     ((48, 32), 4, 3, 0.25, 1e-6, 0.0, "std"),
     ((32, 48), 8, 2, 1.0, 1e-3, 0.1, "std"),
     ((40, 40), 4, 3, 0.25, 1e-6, 0.1, "reverse_std"),
-    ((48, 32), 6, 3, 0.5, 1e-8, 0.0, "reverse_std"),
 ]
 SLOW_CASES = [
     (shape, r, gap, alpha, eps, wd, side)
@@ -117,7 +116,7 @@ def test_galore_matches_galore_torch_trajectory_grid(monkeypatch, case):
     _check_parity(monkeypatch, *case)
 
 
-@pytest.mark.parametrize("shape", [(48, 32), (32, 48)])
+@pytest.mark.parametrize("shape", [(48, 32), pytest.param((32, 48), marks=pytest.mark.slow)])
 def test_reverse_std_matches_optax_contrib_galore(shape):
     """optax.contrib.galore projects the larger side (= reverse_std), puts eps after bias correction and
     decays the pre-update weight; with those choices the two coincide."""
@@ -150,7 +149,7 @@ def _decaying(m, n, seed, decay=1.0, noise=0.0):
     return jnp.asarray(g, jnp.float32)
 
 
-@pytest.mark.parametrize("shape,r", [((256, 128), 16), ((96, 320), 24)])
+@pytest.mark.parametrize("shape,r", [((256, 128), 16), pytest.param((96, 320), 24, marks=pytest.mark.slow)])
 def test_randomized_refresh_captures_exact_energy_on_decaying_spectra(shape, r):
     g = _decaying(*shape, seed=1, decay=1.0, noise=1e-3)
 
@@ -189,7 +188,8 @@ def _view(name, shape):
     return gl.MatrixView(row_axes=2 if name == "o" else 1)
 
 
-@pytest.mark.parametrize("side", gl.SIDES)
+@pytest.mark.parametrize("side", ["std", "reverse_std", pytest.param("left", marks=pytest.mark.slow),
+                                  pytest.param("right", marks=pytest.mark.slow)])
 def test_state_moments_have_low_rank_shape(side):
     params = _tree()
     tx = gl.scale_by_galore(rank=4, side=side, view_fn=_view)

@@ -176,7 +176,6 @@ def test_bad_settings_are_named():
                     fixed=jnp.zeros((3, 7), bool), fixed_tokens=jnp.zeros((3, 7), jnp.int32))
 
 
-@jax.numpy_rank_promotion("allow")  # TODO(decoder issue): transformer.rms_norm broadcasts [D] implicitly
 def test_runs_on_the_transformer_with_causal_false():
     from jaxllm.models import get_preset, init_params
 

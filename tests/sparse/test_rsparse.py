@@ -13,7 +13,7 @@ from jaxllm.sparse import rsparse as rs
 def _tiny(name="tiny_llama", seed=0):
     cfg = get_preset(name)
     params = tfm.init_params(cfg, jax.random.PRNGKey(seed))
-    tokens = jax.random.randint(jax.random.PRNGKey(seed + 1), (2, 12), 0, cfg.vocab_size)
+    tokens = jax.random.randint(jax.random.PRNGKey(seed + 1), (2, 10), 0, cfg.vocab_size)
     return cfg, params, tokens
 
 
@@ -148,7 +148,7 @@ def test_evolutionary_search_never_worse_than_its_start():
     cfg, params, tokens = _tiny()
     factors = rs.compute_factors(params)
     inputs = rs.collect_inputs(cfg, params, tokens)
-    search_tokens = jax.random.randint(jax.random.PRNGKey(9), (2, 12), 0, cfg.vocab_size)
+    search_tokens = jax.random.randint(jax.random.PRNGKey(9), (2, 10), 0, cfg.vocab_size)
     names = list(rs.projections(params))
     init = {n: 0.95 for n in names}
     alphas, best, history = rs.evolutionary_alpha_search(cfg, params, factors, inputs, search_tokens, 0.5, init=init,

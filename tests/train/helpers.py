@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxllm.train import Task, minibatches
+from jaxllm.train import Task, TrainerConfig, minibatches
 
 
 def regression_data(n: int = 64, d: int = 8, seed: int = 0, nan_row: int | None = None):
@@ -61,3 +61,8 @@ def regression_task(batch_size: int = 8, seed: int = 0, lr: float = 1e-2, nan_ro
 
 def strip_perf(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+# The run the SIGKILL test interrupts (async checkpoints every 5 steps, one metrics row per step).
+RESUME_CFG = TrainerConfig(steps=40, log_every=1, eval_every=10, checkpoint_every=5, keep_checkpoints=2,
+                           progress=False)

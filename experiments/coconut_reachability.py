@@ -1,0 +1,388 @@
+"""Continuous thoughts vs discrete CoT vs no CoT on graph reachability (arXiv 2505.12514, 2509.23365).
+
+Trains the one Transformer (gpt2 flavour, 2 layers) from scratch on ProsQA-style graphs in several modes:
+  coconut      Coconut stage curriculum (stage k: k thoughts, label = the hop-(k+1) node of an optimal path)
+  bfs_set      Coconut-BFS, Emergence paper: -logsumexp over the nodes within k+1 hops (root included)
+  bfs_uniform  Coconut-BFS, paper 1 §5.4: one node drawn uniformly from the hop-(k+1) frontier
+  cot          discrete CoT: the optimal path as tokens, then [A] c*
+  nocot        [A] c* straight after the prompt
+One `train` call per curriculum stage (sub-run-dir `<mode>/stage_<k>`), so an interrupted run resumes. The
+latent modes log the index-matching logit proxy mu_c (layer-2 pre-softmax score, summed over heads, from the
+position generating thought c to the `|` of edges whose source is in the frontier, minus the other edges).
+After training: accuracy table, layer-1 attention map, Table 1 (layer-2 attention mass per edge group),
+Table 5 (inner products of thoughts with node embeddings), Coconut vs BFS histograms, mu_c curves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxllm.config import check
+from jaxllm.data.tasks import reachability as rd
+from jaxllm.models import coconut
+from jaxllm.models import transformer as tfm
+from jaxllm.train import Task, TrainerConfig, train
+from jaxllm.train.run import prepare_run_dir, save_figure, write_summary
+
+MODES = ("coconut", "bfs_set", "bfs_uniform", "cot", "nocot")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    run_dir: str = ""
+    seed: int = 0
+    modes: tuple = ("coconut", "bfs_set", "cot", "nocot")
+    graphs: rd.GraphConfig = rd.GraphConfig(min_nodes=8, max_nodes=12, hops=(3,), max_edges=20)
+    n_train: int = 3000
+    n_test: int = 300
+    d_model: int = 64
+    n_heads: int = 4
+    dropout: float = 0.0
+    max_latent: int = 3  # thoughts at the last stage (paper: 4 for 3-4 hop graphs)
+    first_stage_steps: int = 600  # stage 0 (Emergence: 150 epochs of 350; paper 1: 25 of 300)
+    steps_per_stage: int = 300
+    final_extra_steps: int = 300  # added to the last stage (paper 1 keeps training at the last stage)
+    baseline_steps: int = 0  # cot / nocot steps; 0 = the curriculum's total
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    uniform_prob: float = 0.1
+    reset_optimizer: bool = True
+    relabel: bool = False  # Emergence `shuffle_nodes`: fresh node ids per sample and epoch
+    analysis_samples: int = 128
+    trainer: TrainerConfig = TrainerConfig(log_every=50, checkpoint_every=300, progress=False)
+
+    def __post_init__(self):
+        check(all(m in MODES for m in self.modes) and self.modes, f"modes={self.modes} must be from {list(MODES)}")
+        check(self.max_latent >= 1, f"max_latent={self.max_latent} must be >= 1")
+        check(max(self.graphs.hops) <= self.max_latent, f"hops {self.graphs.hops} need max_latent >= max hop")
+        check(self.batch_size <= self.n_train, f"batch_size={self.batch_size} exceeds n_train={self.n_train}")
+        check(self.n_test >= self.analysis_samples, "analysis_samples must be <= n_test")
+
+
+def model_config(cfg: Config) -> tfm.TransformerConfig:
+    """GPT-2 flavour, 2 layers, 4x MLP, tied embeddings, 40 tokens (paper: d 768, 8 heads, dropout 0.1)."""
+    hops = max(cfg.graphs.hops)
+    return tfm.TransformerConfig(vocab_size=rd.VOCAB_SIZE, d_model=cfg.d_model, n_layers=2, n_heads=cfg.n_heads,
+                                 d_ff=4 * cfg.d_model, max_seq_len=rd.prompt_len(cfg.graphs.max_edges) + hops + 4,
+                                 flavour="gpt2", dropout=cfg.dropout, tie_embeddings=True)
+
+
+def _optimizer(cfg: Config, state=None):
+    """AdamW with the paper's betas (0.9, 0.95); `state` given: start from it (no reset at a stage switch)."""
+    opt = optax.adamw(cfg.lr, b1=0.9, b2=0.95, weight_decay=cfg.weight_decay)
+    if state is None:
+        return opt
+    return optax.GradientTransformation(lambda params: state, opt.update)
+
+
+def _jnp(batch: dict) -> dict:
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+
+LATENT_KEYS = ("tokens", "positions", "attention_mask", "read_pos", "label_set", "is_final")
+
+
+def mu_proxy(scores_BHTS, batch: dict, n_steps: int) -> np.ndarray:
+    """[n_steps] mean over samples of mu_c: summed-over-heads layer-2 score from the position generating
+    thought c (index P-2+c) to `|` of edges with source at hop c-1, minus the mean over the other edges."""
+    s = np.asarray(scores_BHTS).sum(1)  # [B, T, S]
+    P = batch["tokens"].shape[1] - (batch["n_slots"] + 1)
+    out = []
+    for c in range(1, n_steps + 1):
+        q = P - 2 + c
+        vals = []
+        for b in range(s.shape[0]):
+            valid = batch["edge_valid"][b]
+            src_d = batch["dist"][b][batch["edge_src"][b]]
+            row = s[b, q, batch["edge_pos"][b]]
+            fr, other = valid & (src_d == c - 1), valid & (src_d != c - 1)
+            if fr.any() and other.any():
+                vals.append(row[fr].mean() - row[other].mean())
+        out.append(float(np.mean(vals)) if vals else float("nan"))
+    return np.asarray(out)
+
+
+def _analysis_batch(cfg: Config, problems, K: int) -> dict:
+    b = rd.latent_batch(problems, 99, np.random.default_rng(cfg.seed + 7), max_latent=K,
+                        max_edges=cfg.graphs.max_edges, final_only=True)
+    b["n_slots"] = K
+    return b
+
+
+def train_latent(cfg: Config, mode: str, train_set, test_set, run_dir: Path) -> tuple[dict, list]:
+    """The stage curriculum for one latent mode; returns (final params, metric rows with global steps)."""
+    mcfg = model_config(cfg)
+    K, P = (0 if mode == "nocot" else cfg.max_latent), rd.prompt_len(cfg.graphs.max_edges)
+    label_mode = "coconut" if mode in ("coconut", "nocot") else mode
+    ana = _analysis_batch(cfg, test_set[: cfg.analysis_samples], K)
+    ana_j = _jnp({k: ana[k] for k in LATENT_KEYS})
+    test_b = _jnp({k: v for k, v in rd.latent_batch(test_set, 99, np.random.default_rng(1), max_latent=K,
+                                                     max_edges=cfg.graphs.max_edges, final_only=True).items()
+                   if k in LATENT_KEYS + ("target",)})
+
+    @jax.jit
+    def scores_of(params):
+        _, res = coconut.latent_logits(mcfg, params, ana_j, K, P, return_attention=True)
+        return res.out.attention[1][1]
+
+    @jax.jit
+    def test_acc(params):
+        logits, _ = coconut.latent_logits(mcfg, params, test_b, K, P)
+        return jnp.mean((jnp.argmax(logits, -1) == test_b["target"]).astype(jnp.float32))
+
+    def log_fn(params, step):
+        if K == 0:
+            return {}
+        mu = mu_proxy(scores_of(params), ana, K + 1)
+        return {f"mu/c{c + 1}": float(v) for c, v in enumerate(mu)}
+
+    stages = [0] if mode == "nocot" else list(range(K + 1))
+    params, opt_state, rows, offset = None, None, [], 0
+    for stage in stages:
+        steps = cfg.first_stage_steps if stage == 0 else cfg.steps_per_stage
+        if stage == stages[-1]:
+            steps += cfg.final_extra_steps
+        if mode == "nocot":
+            steps = cfg.baseline_steps or (cfg.first_stage_steps + K * cfg.steps_per_stage + cfg.final_extra_steps)
+        make = (lambda ps, rng, st=stage: rd.latent_batch(
+            ps, 99 if mode == "nocot" else st, rng, max_latent=K, max_edges=cfg.graphs.max_edges, mode=label_mode,
+            uniform_prob=cfg.uniform_prob, relabel=cfg.relabel))
+        init = (lambda key: tfm.init_params(mcfg, key)) if params is None else (lambda key, p=params: p)
+        keep = None if (cfg.reset_optimizer or opt_state is None) else opt_state
+        task = Task(
+            init_params=init,
+            loss_fn=lambda p, b, rng: coconut.latent_loss(mcfg, p, b, rng if cfg.dropout else None, K, P),
+            optimizer=_optimizer(cfg, keep),
+            batches=_Keys(rd.ProblemBatches(train_set, cfg.batch_size, make, seed=cfg.seed * 1000 + stage),
+                          LATENT_KEYS),
+            eval_fn=lambda p: {"test_acc": float(test_acc(p))},
+            log_fn=log_fn,
+        )
+        tcfg = dataclasses.replace(cfg.trainer, steps=steps)
+        res = train(tcfg, task, str(run_dir / mode / f"stage_{stage}"), seed=cfg.seed)
+        params, opt_state = res.state.params, res.state.opt_state
+        for row in res.history:
+            rows.append({**row, "global_step": offset + row["step"], "stage": stage})
+        offset += steps
+    return params, rows
+
+
+class _Keys:
+    """Keep only the array fields the jitted step needs (bookkeeping stays host-side)."""
+
+    def __init__(self, it, keys):
+        self.it, self.keys = it, keys
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        b = next(self.it)
+        return {k: b[k] for k in self.keys}
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, s):
+        self.it.set_state(s)
+
+
+COT_KEYS = ("tokens", "positions", "attention_mask", "loss_mask")
+
+
+def train_cot(cfg: Config, train_set, test_set, run_dir: Path) -> tuple[dict, list]:
+    mcfg = model_config(cfg)
+    hops = max(cfg.graphs.hops)
+    test_b = rd.cot_batch(test_set, np.random.default_rng(1), max_edges=cfg.graphs.max_edges, max_hops=hops)
+    prompt = _jnp({"tokens": test_b["prompt_tokens"], "positions": test_b["prompt_positions"],
+                   "attention_mask": test_b["prompt_mask"]})
+    decode = jax.jit(lambda p: coconut.greedy_decode(mcfg, p, prompt, hops + 2))
+
+    def eval_fn(params):
+        out = np.asarray(decode(params))
+        return {"test_acc": float(np.mean(cot_answers(out) == test_b["target"]))}
+
+    make = lambda ps, rng: rd.cot_batch(ps, rng, max_edges=cfg.graphs.max_edges, max_hops=hops, relabel=cfg.relabel)
+    steps = cfg.baseline_steps or (cfg.first_stage_steps + cfg.max_latent * cfg.steps_per_stage
+                                   + cfg.final_extra_steps)
+    task = Task(init_params=lambda key: tfm.init_params(mcfg, key),
+                loss_fn=lambda p, b, rng: coconut.token_loss(mcfg, p, b, rng if cfg.dropout else None),
+                optimizer=_optimizer(cfg), eval_fn=eval_fn,
+                batches=_Keys(rd.ProblemBatches(train_set, cfg.batch_size, make, seed=cfg.seed), COT_KEYS))
+    res = train(dataclasses.replace(cfg.trainer, steps=steps), task, str(run_dir / "cot"), seed=cfg.seed)
+    return res.state.params, [{**r, "global_step": r["step"], "stage": 0} for r in res.history]
+
+
+def cot_answers(generated: np.ndarray) -> np.ndarray:
+    """The token after the first generated [A] (-1 when no [A] was generated)."""
+    out = np.full(len(generated), -1)
+    for i, row in enumerate(generated):
+        hit = np.nonzero(row[:-1] == rd.ANSWER)[0]
+        if len(hit):
+            out[i] = row[hit[0] + 1]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Analyses of a trained latent model.
+
+
+def latent_analysis(cfg: Config, params, test_set) -> dict:
+    """Attention tables and thought/embedding inner products on `analysis_samples` test problems."""
+    mcfg = model_config(cfg)
+    K, P = cfg.max_latent, rd.prompt_len(cfg.graphs.max_edges)
+    ana = _analysis_batch(cfg, test_set[: cfg.analysis_samples], K)
+    _, res = jax.jit(lambda b: coconut.latent_logits(mcfg, params, b, K, P, return_attention=True))(
+        _jnp({k: ana[k] for k in LATENT_KEYS}))
+    probs2 = np.asarray(res.out.attention[1][0]).sum(1)  # [B, T, S] summed over heads
+    probs1 = np.asarray(res.out.attention[0][0])  # [B, H, T, S]
+    thoughts = np.asarray(res.thoughts)  # [B, K, D]
+    U = np.asarray(params["embed"])[: rd.N_NODE_IDS]
+    groups = ("not_reachable", "reachable", "frontier", "optimal")
+    table1 = {g: [[] for _ in range(K)] for g in groups}
+    table5 = {g: [[] for _ in range(K)] for g in groups}
+    copy_mass = []
+    for b in range(len(ana["tokens"])):
+        p_dist, valid = ana["dist"][b], ana["edge_valid"][b]
+        src, tgt, epos = ana["edge_src"][b][valid], ana["edge_tgt"][b][valid], ana["edge_pos"][b][valid]
+        nk = _neighbor_sets(test_set[b])
+        # layer-1 copy heads: mass from each `|` to its own source and target, summed over heads
+        copy_mass.append(float(np.mean(probs1[b].sum(0)[epos, epos - 2] + probs1[b].sum(0)[epos, epos - 1])))
+        hops = test_set[b].hops
+        for i in range(1, min(hops, K) + 1):
+            q = P - 2 + i  # the position generating thought i (its input holds thought i-1)
+            mass = probs2[b, q, epos] + probs2[b, q, epos - 1] + probs2[b, q, epos - 2]
+            sd = p_dist[src]
+            sel = {"not_reachable": sd < 0, "reachable": (sd >= 0) & (sd <= i - 1), "frontier": sd == i - 1,
+                   "optimal": np.isin(src, nk[i - 1]) & np.isin(tgt, nk[i])}
+            for g in groups:
+                if sel[g].any():
+                    table1[g][i - 1].append(float(mass[sel[g]].mean()))
+            ip = U @ thoughts[b, i - 1]
+            nodes = np.arange(rd.N_NODE_IDS)
+            in_graph = np.zeros(rd.N_NODE_IDS, bool)
+            in_graph[np.unique(np.concatenate([src, tgt, [test_set[b].root]]))] = True
+            nsel = {"not_reachable": in_graph & (p_dist < 0), "reachable": (p_dist >= 0) & (p_dist <= i),
+                    "frontier": p_dist == i, "optimal": np.isin(nodes, nk[i])}
+            for g in groups:
+                table5[g][i - 1].extend(ip[nsel[g]].tolist())
+    return {"table1": table1, "table5": table5, "copy_mass": float(np.mean(copy_mass)),
+            "layer1_example": probs1[0], "example_tokens": ana["tokens"][0],
+            "example_mask": ana["attention_mask"][0]}
+
+
+def _neighbor_sets(problem) -> list:
+    return [list(h) for h in problem.neighbor_k] + [[]] * 8
+
+
+def _fmt(vals) -> str:
+    return f"{np.mean(vals):.2f}±{np.std(vals):.2f}" if len(vals) else "–"
+
+
+def tables_markdown(ana: dict, K: int) -> str:
+    lines = ["Table 1 (layer-2 attention mass per edge, summed over heads and the edge's 3 tokens)", "",
+             "| edge group | " + " | ".join(f"step {i}" for i in range(1, K + 1)) + " |",
+             "|---|" + "---|" * K]
+    for g, rows in ana["table1"].items():
+        lines.append(f"| {g} | " + " | ".join(_fmt(r) for r in rows) + " |")
+    lines += ["", "Table 5 (inner product of thought i with node embeddings)", "",
+              "| node group | " + " | ".join(f"step {i}" for i in range(1, K + 1)) + " |", "|---|" + "---|" * K]
+    for g, rows in ana["table5"].items():
+        lines.append(f"| {g} | " + " | ".join(_fmt(r) for r in rows) + " |")
+    return "\n".join(lines)
+
+
+def _plots(cfg: Config, run_dir: Path, analyses: dict, rows: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    K = cfg.max_latent
+    for mode, ana in analyses.items():
+        mask = ana["example_mask"]
+        toks = ana["example_tokens"][mask]
+        n = min(len(toks), 3 * 5 + 1)
+        attn = ana["layer1_example"][:, mask][:, :, mask][:, :n, :n]
+        fig, axes = plt.subplots(1, attn.shape[0], figsize=(3.2 * attn.shape[0], 3.2))
+        names = [rd.TOKEN_NAMES[t] for t in toks[:n]]
+        for h, ax in enumerate(np.atleast_1d(axes)):
+            ax.imshow(attn[h], cmap="viridis", vmin=0, vmax=1)
+            ax.set_xticks(range(n), names, fontsize=6, rotation=90)
+            ax.set_yticks(range(n), names, fontsize=6)
+            ax.set_title(f"layer 1 head {h}", fontsize=8)
+        save_figure(fig, run_dir, f"layer1_attention_{mode}")
+        fig, axes = plt.subplots(1, K, figsize=(4 * K, 3), sharey=True)
+        for i, ax in enumerate(np.atleast_1d(axes)):
+            for g, vals in ana["table5"].items():
+                if vals[i]:
+                    ax.hist(vals[i], bins=30, alpha=0.5, label=g, density=True)
+            ax.set_title(f"{mode}: thought {i + 1}")
+            ax.set_xlabel("<thought, u_v>")
+        np.atleast_1d(axes)[0].legend(fontsize=7)
+        save_figure(fig, run_dir, f"inner_products_{mode}")
+    if "coconut" in analyses and any(m.startswith("bfs") for m in analyses):
+        other = next(m for m in analyses if m.startswith("bfs"))
+        fig, axes = plt.subplots(1, K, figsize=(4 * K, 3))
+        for i, ax in enumerate(np.atleast_1d(axes)):
+            for mode, ls in (("coconut", "-"), (other, "--")):
+                for g in ("frontier", "optimal", "not_reachable"):
+                    vals = analyses[mode]["table5"][g][i]
+                    if vals:
+                        h, e = np.histogram(vals, bins=30, density=True)
+                        ax.plot(0.5 * (e[1:] + e[:-1]), h, ls, label=f"{mode}/{g}")
+            ax.set_title(f"thought {i + 1}")
+        np.atleast_1d(axes)[0].legend(fontsize=6)
+        save_figure(fig, run_dir, "coconut_vs_bfs_inner_products")
+    mus = {m: r for m, r in rows.items() if any(k.startswith("mu/") for row in r for k in row)}
+    if mus:
+        fig, axes = plt.subplots(1, len(mus), figsize=(5 * len(mus), 3.5), sharey=True)
+        for ax, (mode, r) in zip(np.atleast_1d(axes), mus.items()):
+            for c in range(1, K + 2):
+                pts = [(row["global_step"], row[f"mu/c{c}"]) for row in r if f"mu/c{c}" in row]
+                if pts:
+                    ax.plot(*zip(*pts), label=f"c={c}")
+            for s in sorted({row["global_step"] - row["step"] for row in r})[1:]:
+                ax.axvline(s, color="grey", lw=0.5)
+            ax.set_title(f"index-matching logit proxy, {mode} loss")
+            ax.set_xlabel("step (grey: stage switch)")
+        np.atleast_1d(axes)[0].legend()
+        save_figure(fig, run_dir, "mu_logit_over_training")
+
+
+def run(config: Config) -> dict:
+    run_dir = prepare_run_dir(config.run_dir, config)
+    train_set, _, test_set = rd.split_problems(config.n_train, 0, config.n_test, config.graphs, seed=config.seed)
+    summary, analyses, rows, tables = {}, {}, {}, {}
+    for mode in config.modes:
+        if mode == "cot":
+            params, rows[mode] = train_cot(config, train_set, test_set, run_dir)
+        else:
+            params, rows[mode] = train_latent(config, mode, train_set, test_set, run_dir)
+            if mode != "nocot":
+                analyses[mode] = latent_analysis(config, params, test_set)
+                tables[mode] = tables_markdown(analyses[mode], config.max_latent)
+                summary[f"{mode}/layer1_copy_mass"] = analyses[mode]["copy_mass"]
+        accs = [r["eval/test_acc"] for r in rows[mode] if "eval/test_acc" in r]
+        summary[f"{mode}/test_acc"] = accs[-1]
+        for c in range(1, config.max_latent + 2):
+            vals = [r[f"mu/c{c}"] for r in rows[mode] if f"mu/c{c}" in r]
+            if vals:
+                summary[f"{mode}/mu_c{c}_final"] = vals[-1]
+                summary[f"{mode}/mu_c{c}_max"] = float(np.nanmax(vals))
+    _plots(config, run_dir, analyses, rows)
+    (run_dir / "tables.md").write_text("\n\n".join(f"## {m}\n\n{t}" for m, t in tables.items()) + "\n")
+    (run_dir / "mu_curves.json").write_text(json.dumps(
+        {m: [{k: v for k, v in r.items() if k.startswith("mu/") or k in ("global_step", "stage")} for r in rs]
+         for m, rs in rows.items()}))
+    summary["chance"] = 0.5
+    write_summary(run_dir, summary, "coconut_reachability")
+    return summary

@@ -1,0 +1,98 @@
+"""The Li2 experiments end to end: a short run groks, writes the run_dir layout, and resumes."""
+
+import json
+
+import pytest
+
+from jaxllm.config import ConfigError, apply_overrides
+from jaxllm.train import TrainerConfig
+
+from experiments import li2_grokking, li2_phase_diagram
+
+FAST = dict(modulus=23, train_fraction=0.5, hidden=256, lr=1e-2, weight_decay=2e-4, steps=400,
+            trainer=TrainerConfig(steps=0, log_every=50, checkpoint_every=200, progress=False))
+
+
+def _steps(run_dir):
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_li2_groks_on_z23_and_writes_run_dir_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = li2_grokking.Config(run_dir=str(run_dir), **FAST)
+    summary = li2_grokking.run(cfg)
+    # Above the boundary (0.5 > 0.375 for Z_23) with weight decay: memorise first, then generalise.
+    assert summary["train_accuracy"] == 1.0
+    assert summary["test_accuracy"] >= 0.95
+    assert summary["grok_step"] is not None and summary["memorise_step"] <= summary["grok_step"]
+    assert summary["n_frequencies_covered"] == 11 == len(summary["frequencies_covered"])
+    assert summary["above_boundary"] and summary["critical_train_fraction"] == pytest.approx(0.3747, abs=1e-4)
+    for name in ("config.json", "metrics.jsonl", "summary.json", "summary.md", "plots/accuracy.png",
+                 "plots/energy.png", "plots/fourier.png"):
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()) == ["200", "400"]
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in ("train/loss", "test/accuracy", "grad_F_norm", "movement/W", "movement/V", "energy/mean",
+                "fourier/concentration", "fourier/covered", "stage"):
+        assert key in row, key
+    assert set(summary["stage_boundaries"]) <= {"lazy", "independent", "interactive"}
+    assert json.loads((run_dir / "summary.json").read_text())["grok_step"] == summary["grok_step"]
+
+    # Resume: the same run_dir with more steps continues from step 400; every logged step exactly once.
+    again = li2_grokking.run(li2_grokking.Config(run_dir=str(run_dir), **{**FAST, "steps": 500}))
+    assert _steps(run_dir) == list(range(0, 501, 50))
+    assert again["grok_step"] == summary["grok_step"]
+
+
+def test_mini_batch_mode_uses_grain_and_learns(tmp_path):
+    cfg = li2_grokking.Config(run_dir=str(tmp_path / "mb"), **{**FAST, "steps": 100, "batch_size": 64})
+    summary = li2_grokking.run(cfg)
+    assert summary["train_accuracy"] > 0.5
+
+
+def test_config_validation_names_the_key():
+    base = li2_grokking.Config()
+    with pytest.raises(ConfigError, match="train_fraction"):
+        apply_overrides(base, ["train_fraction=1.5"])
+    with pytest.raises(ConfigError, match="optimizer"):
+        apply_overrides(base, ["optimizer=sgd"])
+    with pytest.raises(ConfigError, match="batch_size"):
+        apply_overrides(base, ["batch_size=100000"])
+    with pytest.raises(ConfigError, match="trainer.steps"):
+        apply_overrides(base, ["trainer.steps=7"])
+    with pytest.raises(ConfigError, match="group"):
+        apply_overrides(base, ["group=klein"])
+    assert apply_overrides(base, ["group=dihedral", "modulus=5"]).group == "dihedral"
+
+
+def test_non_abelian_run_reports_no_fourier(tmp_path):
+    cfg = li2_grokking.Config(run_dir=str(tmp_path / "d5"), group="dihedral", modulus=5,
+                              **{**FAST, "modulus": 5, "steps": 50})
+    summary = li2_grokking.run(cfg)
+    assert summary["group"] == "D_5" and summary["frequencies_covered"] is None
+    assert "interactive" not in summary["stage_boundaries"]
+
+
+@pytest.mark.slow
+def test_no_grokking_without_weight_decay(tmp_path):
+    """Li2 weight-decay ablation: at wd=0 the run memorises but does not generalise (Z_41, p=0.4)."""
+    cfg = li2_grokking.Config(run_dir=str(tmp_path / "wd0"), weight_decay=0.0, steps=2000,
+                              trainer=TrainerConfig(steps=0, log_every=100, checkpoint_every=1000, progress=False))
+    summary = li2_grokking.run(cfg)
+    assert summary["train_accuracy"] == 1.0 and summary["grok_step"] is None and summary["test_accuracy"] < 0.2
+
+
+def test_phase_diagram_tiny_grid_separates_memorisation_and_generalisation(tmp_path):
+    cfg = li2_phase_diagram.Config(moduli=(17,), fraction_scales=(0.5, 2.0), seeds=2, hidden=128, lr=1e-2,
+                                   steps=600, eval_every=100, run_dir=str(tmp_path / "pd"))
+    summary = li2_phase_diagram.run(cfg)
+    acc = summary["boundary"]["17"]["mean_test_accuracy"]
+    fractions = sorted(acc, key=float)
+    assert acc[fractions[0]] < 0.3 and acc[fractions[1]] >= 0.95
+    assert (tmp_path / "pd" / "plots" / "phase_diagram.png").is_file()
+    rows = (tmp_path / "pd" / "results.jsonl").read_text().splitlines()
+    assert len(rows) == 4
+    # rerun skips the finished modulus (resume) and gives the same summary
+    again = li2_phase_diagram.run(cfg)
+    assert again["boundary"] == summary["boundary"]
+    assert len((tmp_path / "pd" / "results.jsonl").read_text().splitlines()) == 4
