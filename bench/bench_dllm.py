@@ -169,7 +169,7 @@ def main(argv=None) -> None:
 
     device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
     if device == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+        torch.set_num_threads(1)  # oversubscribed intra-op threads make eager torch 10x slower on a busy 2-core box
     rows = [bench_model(m, args.batch, args.repeats, device) for m in args.models.split(",")]
     lines = [f"## {device.upper()}: {machine()}, torch {torch.__version__}"
              + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else ""), "",

@@ -10,6 +10,7 @@ allocated) and optimizer-update step time without / with a projector refresh (ex
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import statistics
 import sys
@@ -29,6 +30,7 @@ from jaxllm.optim import build
 from jaxllm.optim import galore as gl
 
 
+@functools.lru_cache(maxsize=None)
 def load_galore_torch():
     """galore_torch.GaLoreAdamW; its __init__ imports bitsandbytes (8-bit variant), so fall back to loading
     the two modules we need straight from the installed package when bitsandbytes is absent."""
@@ -37,10 +39,11 @@ def load_galore_torch():
 
         return GaLoreAdamW
     except ImportError:
-        spec = importlib.util.find_spec("galore_torch")
-        if spec is None or not spec.submodule_search_locations:
+        sys.modules.pop("galore_torch", None)
+        roots = [Path(p) / "galore_torch" for p in sys.path if (Path(p or ".") / "galore_torch" / "adamw.py").exists()]
+        if not roots:
             raise
-        root = Path(list(spec.submodule_search_locations)[0])
+        root = roots[0]
         pkg = types.ModuleType("galore_torch")
         pkg.__path__ = [str(root)]
         sys.modules["galore_torch"] = pkg
@@ -49,7 +52,8 @@ def load_galore_torch():
             mod = importlib.util.module_from_spec(s)
             sys.modules[f"galore_torch.{name}"] = mod
             s.loader.exec_module(mod)
-        return sys.modules["galore_torch.adamw"].AdamW
+        pkg.GaLoreAdamW = sys.modules["galore_torch.adamw"].AdamW
+        return pkg.GaLoreAdamW
 
 
 def _bytes(tree) -> int:

@@ -49,7 +49,8 @@ def _time(fns, repeats):
     return t
 
 
-def run(device: str, layers: int, repeats: int, dtype_name: str, alphas=(1.0, 0.9), tokens=1):
+def run(device: str, layers: int, repeats: int, dtype_name: str, reps: int = 1, alphas=(1.0, 0.9), tokens=1, shapes=SHAPES,
+        interpret=False):
     dtype = jnp.dtype(dtype_name)
     rng = np.random.default_rng(0)
     rows = []
@@ -58,14 +59,18 @@ def run(device: str, layers: int, repeats: int, dtype_name: str, alphas=(1.0, 0.
     if have_triton:
         from pallas_kernels.rsparse_triton import rsparse_gemv_triton
     blocks = rk.BlockSizes()
-    for d_in, d_out in SHAPES:
+    for d_in, d_out in shapes:
         x = jnp.asarray(rng.standard_normal((tokens, d_in), np.float32), dtype)
         ws = [jnp.asarray(rng.standard_normal((d_in, d_out), np.float32) / math.sqrt(d_in), dtype)
               for _ in range(layers)]
-        dense = jax.jit(lambda x, ws: [x @ w for w in ws])
+        def chain(gemv, reps=reps):
+            # reps × layers GEMVs per dispatch; x moves a little per rep so nothing is deduplicated
+            return jax.jit(lambda x, ls: [gemv(x + jnp.asarray(1e-3 * r, x.dtype), l) for r in range(reps) for l in ls])
+
+        dense = chain(lambda x, w: x @ w)
         fns_dense = {"dense": lambda: jax.block_until_ready(dense(x, ws))}
         if gpu:
-            pal_dense = jax.jit(lambda x, ws: [rk.dense_gemv_pallas(x, w, blocks=blocks) for w in ws])
+            pal_dense = chain(lambda x, w: rk.dense_gemv_pallas(x, w, blocks=blocks, interpret=interpret))
             fns_dense["pallas_dense"] = lambda: jax.block_until_ready(pal_dense(x, ws))
         for s in SPARSITIES:
             for alpha in alphas:
@@ -75,18 +80,15 @@ def run(device: str, layers: int, repeats: int, dtype_name: str, alphas=(1.0, 0.
                 if gpu:
                     packed = [rk.pack_weights(w, a, b, blocks) for (w, _, _, a, b, _) in lay]
                     args = [(p, sc, t) for p, (_, sc, t, _, _, _) in zip(packed, lay)]
-                    pal = jax.jit(lambda x, args: [rk.rsparse_gemv_packed(x, p, sc, t, blocks=blocks)
-                                                   for p, sc, t in args])
+                    pal = chain(lambda x, l: rk.rsparse_gemv_packed(x, *l, blocks=blocks, interpret=interpret))
                     fns["pallas_rsparse"] = lambda pal=pal, args=args: jax.block_until_ready(pal(x, args))
                     if have_triton:
-                        tri = jax.jit(lambda x, args: [rsparse_gemv_triton(x, p, sc, t, blocks=blocks)
-                                                       for p, sc, t in args])
+                        tri = chain(lambda x, l: rsparse_gemv_triton(x, *l, blocks=blocks))
                         fns["triton_rsparse"] = lambda tri=tri, args=args: jax.block_until_ready(tri(x, args))
                 else:
                     max_kept = min(d_in, int(math.ceil(1.1 * budget.kept)) + 8)
                     gargs = [(w, sc, t, a, b) for (w, sc, t, a, b, _) in lay]
-                    gat = jax.jit(lambda x, gargs, mk=max_kept: [rk.rsparse_gemv_gather(x, *g, max_kept=mk)
-                                                                 for g in gargs])
+                    gat = chain(lambda x, g, mk=max_kept: rk.rsparse_gemv_gather(x, *g, max_kept=mk))
                     fns["jnp_gather"] = lambda gat=gat, gargs=gargs: jax.block_until_ready(gat(x, gargs))
                 times = _time(fns, repeats)
                 base = times["dense"]
@@ -95,7 +97,7 @@ def run(device: str, layers: int, repeats: int, dtype_name: str, alphas=(1.0, 0.
                         continue
                     med, lo, hi = ratio_stats(base, t)
                     rows.append((f"{d_in}×{d_out}", s, alpha, budget.kept, budget.rank, name,
-                                 statistics.median(base) / layers * 1e6, statistics.median(t) / layers * 1e6,
+                                 statistics.median(base) / (layers * reps) * 1e6, statistics.median(t) / (layers * reps) * 1e6,
                                  med, lo, hi))
                 print(rows[-1], flush=True)
     return rows
@@ -116,16 +118,21 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--reps", type=int, default=None, help="passes over the layers per timed call (GPU: 8)")
+    ap.add_argument("--shapes", default=None, help="e.g. 256x128,256x512 (default: 2048x2048,2048x8192)")
+    ap.add_argument("--interpret", action="store_true", help="Pallas interpret mode (a CPU dry run of the GPU path)")
     args = ap.parse_args(argv)
     device = args.device or jax.default_backend()
     gpu = device == "gpu"
     layers = args.layers or (16 if gpu else 2)
     repeats = args.repeats or (30 if gpu else 5)
     dtype = args.dtype or ("bfloat16" if gpu else "float32")
-    rows = run(device, layers, repeats, dtype)
+    shapes = tuple(tuple(int(v) for v in sh.split("x")) for sh in args.shapes.split(",")) if args.shapes else SHAPES
+    reps = args.reps or (8 if gpu else 1)
+    rows = run(device, layers, repeats, dtype, reps=reps, shapes=shapes, interpret=args.interpret)
     cmd = "bash bench/gpu_rsparse.sh" if gpu else "python -m bench.run_all rsparse"
     text = header("R-Sparse decode GEMV latency (1 token)", cmd)
-    text += (f"- device: {device}; dtype {dtype}; {layers} distinct layers per timed call; {repeats} interleaved "
+    text += (f"- device: {device}; dtype {dtype}; {layers} distinct layers × {reps} passes per timed call (one dispatch); {repeats} interleaved "
              f"repeats; speed-up = median of paired dense/path time ratios\n\n")
     text += table(rows)
     write_result(args.out or ("rsparse_bench_gpu.md" if gpu else "rsparse_bench_cpu.md"), text)

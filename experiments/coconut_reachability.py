@@ -39,7 +39,7 @@ MODES = ("coconut", "bfs_set", "bfs_uniform", "cot", "nocot")
 class Config:
     run_dir: str = ""
     seed: int = 0
-    modes: tuple = ("coconut", "bfs_set", "cot", "nocot")
+    modes: tuple[str, ...] = ("coconut", "bfs_set", "cot", "nocot")
     graphs: rd.GraphConfig = rd.GraphConfig(min_nodes=8, max_nodes=12, hops=(3,), max_edges=20)
     n_train: int = 3000
     n_test: int = 300
@@ -91,19 +91,20 @@ def _jnp(batch: dict) -> dict:
 LATENT_KEYS = ("tokens", "positions", "attention_mask", "read_pos", "label_set", "is_final")
 
 
-def mu_proxy(scores_BHTS, batch: dict, n_steps: int) -> np.ndarray:
-    """[n_steps] mean over samples of mu_c: summed-over-heads layer-2 score from the position generating
-    thought c (index P-2+c) to `|` of edges with source at hop c-1, minus the mean over the other edges."""
-    s = np.asarray(scores_BHTS).sum(1)  # [B, T, S]
-    P = batch["tokens"].shape[1] - (batch["n_slots"] + 1)
+def mu_proxy(scores_BQS, batch: dict) -> np.ndarray:
+    """[n_steps] mean over samples of mu_c (c = 1..n_steps).
+
+    scores_BQS: layer-2 pre-softmax scores summed over heads, rows = the positions generating thoughts
+    1..n_steps (index P-2+c). mu_c = mean score to `|` of edges whose source is at hop c-1 (the frontier)
+    minus the mean over the other edges (Emergence paper's index-matching logit proxy)."""
+    s = np.asarray(scores_BQS, np.float64)
     out = []
-    for c in range(1, n_steps + 1):
-        q = P - 2 + c
+    for c in range(1, s.shape[1] + 1):
         vals = []
         for b in range(s.shape[0]):
             valid = batch["edge_valid"][b]
             src_d = batch["dist"][b][batch["edge_src"][b]]
-            row = s[b, q, batch["edge_pos"][b]]
+            row = s[b, c - 1, batch["edge_pos"][b]]
             fr, other = valid & (src_d == c - 1), valid & (src_d != c - 1)
             if fr.any() and other.any():
                 vals.append(row[fr].mean() - row[other].mean())
@@ -127,22 +128,25 @@ def train_latent(cfg: Config, mode: str, train_set, test_set, run_dir: Path) -> 
     ana_j = _jnp({k: ana[k] for k in LATENT_KEYS})
     test_b = _jnp({k: v for k, v in rd.latent_batch(test_set, 99, np.random.default_rng(1), max_latent=K,
                                                      max_edges=cfg.graphs.max_edges, final_only=True).items()
-                   if k in LATENT_KEYS + ("target",)})
+                   if k in LATENT_KEYS + ("target", "neg_target")})
 
     @jax.jit
     def scores_of(params):
         _, res = coconut.latent_logits(mcfg, params, ana_j, K, P, return_attention=True)
-        return res.out.attention[1][1]
+        return res.out.attention[1][1][:, :, P - 1:P + K].sum(1)  # [B, K+1, S], summed over heads
 
     @jax.jit
     def test_acc(params):
         logits, _ = coconut.latent_logits(mcfg, params, test_b, K, P)
-        return jnp.mean((jnp.argmax(logits, -1) == test_b["target"]).astype(jnp.float32))
+        exact = jnp.mean((jnp.argmax(logits, -1) == test_b["target"]).astype(jnp.float32))
+        pick = lambda t: jnp.take_along_axis(logits, t[:, None], 1)[:, 0]
+        cand = jnp.mean((pick(test_b["target"]) > pick(test_b["neg_target"])).astype(jnp.float32))
+        return exact, cand
 
     def log_fn(params, step):
         if K == 0:
             return {}
-        mu = mu_proxy(scores_of(params), ana, K + 1)
+        mu = mu_proxy(scores_of(params), ana)
         return {f"mu/c{c + 1}": float(v) for c, v in enumerate(mu)}
 
     stages = [0] if mode == "nocot" else list(range(K + 1))
@@ -164,7 +168,7 @@ def train_latent(cfg: Config, mode: str, train_set, test_set, run_dir: Path) -> 
             optimizer=_optimizer(cfg, keep),
             batches=_Keys(rd.ProblemBatches(train_set, cfg.batch_size, make, seed=cfg.seed * 1000 + stage),
                           LATENT_KEYS),
-            eval_fn=lambda p: {"test_acc": float(test_acc(p))},
+            eval_fn=lambda p: dict(zip(("test_acc", "test_acc_candidates"), map(float, test_acc(p)))),
             log_fn=log_fn,
         )
         tcfg = dataclasses.replace(cfg.trainer, steps=steps)
@@ -358,6 +362,34 @@ def _plots(cfg: Config, run_dir: Path, analyses: dict, rows: dict) -> None:
         save_figure(fig, run_dir, "mu_logit_over_training")
 
 
+def save_params(path: Path, params) -> None:
+    """Nested param dict -> one .npz with '/'-joined keys (the trained model stays in the run dir)."""
+    flat = {}
+
+    def walk(tree, prefix):
+        for k, v in tree.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}/")
+            else:
+                flat[prefix + k] = np.asarray(v)
+
+    walk(params, "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **flat)
+
+
+def load_params(path) -> dict:
+    out: dict = {}
+    with np.load(path) as data:
+        for key in data.files:
+            node = out
+            *parents, leaf = key.split("/")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = jnp.asarray(data[key])
+    return out
+
+
 def run(config: Config) -> dict:
     run_dir = prepare_run_dir(config.run_dir, config)
     train_set, _, test_set = rd.split_problems(config.n_train, 0, config.n_test, config.graphs, seed=config.seed)
@@ -367,12 +399,15 @@ def run(config: Config) -> dict:
             params, rows[mode] = train_cot(config, train_set, test_set, run_dir)
         else:
             params, rows[mode] = train_latent(config, mode, train_set, test_set, run_dir)
+            save_params(run_dir / mode / "final_params.npz", params)
             if mode != "nocot":
                 analyses[mode] = latent_analysis(config, params, test_set)
                 tables[mode] = tables_markdown(analyses[mode], config.max_latent)
                 summary[f"{mode}/layer1_copy_mass"] = analyses[mode]["copy_mass"]
-        accs = [r["eval/test_acc"] for r in rows[mode] if "eval/test_acc" in r]
-        summary[f"{mode}/test_acc"] = accs[-1]
+        accs = [r for r in rows[mode] if "eval/test_acc" in r]
+        summary[f"{mode}/test_acc"] = accs[-1]["eval/test_acc"]
+        if "eval/test_acc_candidates" in accs[-1]:
+            summary[f"{mode}/test_acc_candidates"] = accs[-1]["eval/test_acc_candidates"]
         for c in range(1, config.max_latent + 2):
             vals = [r[f"mu/c{c}"] for r in rows[mode] if f"mu/c{c}" in r]
             if vals:

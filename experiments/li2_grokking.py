@@ -12,7 +12,6 @@ interactive, rule in `jaxllm.models.li2.stage_of`).
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from functools import partial
 
@@ -105,11 +104,11 @@ def diagnostics(model: li2.Li2Config, params, params0, train_arrays, test_arrays
     test_loss, test_acc = li2.loss_and_accuracy(model, params, *test_arrays)
     _, feats = li2.forward(model, params, train_arrays[0], train_arrays[1])
     grad_f = li2.backprop_gradient(params, feats, train_arrays[2])
-    grad_f_ref = li2.backprop_gradient(params, feats, train_arrays[2], centre_samples=False)
+    grad_f_ref = li2.backprop_gradient(params, feats, train_arrays[2], reference=True)
     energy = li2.node_energy(params, *train_arrays, model.activation)
     out = {
         "train/loss": train_loss, "train/accuracy": train_acc, "test/loss": test_loss, "test/accuracy": test_acc,
-        "grad_F_norm": jnp.linalg.norm(grad_f), "grad_F_norm_uncentred": jnp.linalg.norm(grad_f_ref),
+        "grad_F_norm": jnp.linalg.norm(grad_f), "grad_F_norm_reference": jnp.linalg.norm(grad_f_ref),
         "grad_F_signal_cos": li2.signal_alignment(params, *train_arrays, model.activation),
         "movement/W": li2.relative_movement(params["W"], params0["W"]),
         "movement/V": li2.relative_movement(params["V"], params0["V"]),
@@ -229,7 +228,7 @@ def plot_run(run_dir: str, history: list[dict], params, group: ga.Group, cyclic:
     for name, s in bounds.items():
         for a in (ax, ax2):
             a.axvline(s, color="grey", lw=0.8)
-        ax.text(s, 1.02, name, rotation=0, fontsize=8, transform=ax.get_xaxis_transform())
+        ax.text(s, 1.02, name, rotation=30, fontsize=8, transform=ax.get_xaxis_transform())
     ax.legend(loc="center right")
     h1, l1 = ax2.get_legend_handles_labels()
     h2, l2 = ax2b.get_legend_handles_labels()

@@ -96,17 +96,18 @@ def rsparse_gemv_reference(x, w, scale, tau, a=None, b=None):
     """Plain jnp, fp32 math: x [T, K] -> y [T, N] in x's dtype."""
     xf = x.astype(jnp.float32)
     keep = jnp.abs(xf * scale.astype(jnp.float32)[None, :]) > tau
-    y = jnp.where(keep, xf, 0.0) @ w.astype(jnp.float32)
+    dot = functools.partial(jnp.dot, precision=jax.lax.Precision.HIGHEST)  # no TF32 on GPUs
+    y = dot(jnp.where(keep, xf, 0.0), w.astype(jnp.float32))
     if a is not None:
-        z = jnp.where(keep, 0.0, xf) @ a.astype(jnp.float32)
-        y = y + z @ b.astype(jnp.float32)
+        y = y + dot(dot(jnp.where(keep, 0.0, xf), a.astype(jnp.float32)), b.astype(jnp.float32))
     return y.astype(x.dtype)
 
 
 def teal_gemv_reference(x, w, tau):
     """TEAL: y = (x ⊙ 1[|x| > τ]) W."""
     xf = x.astype(jnp.float32)
-    return (jnp.where(jnp.abs(xf) > tau, xf, 0.0) @ w.astype(jnp.float32)).astype(x.dtype)
+    y = jnp.dot(jnp.where(jnp.abs(xf) > tau, xf, 0.0), w.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+    return y.astype(x.dtype)
 
 
 @functools.partial(jax.jit, static_argnames=("max_kept", "unroll"))
@@ -150,7 +151,7 @@ def _lowrank_down_kernel(x_ref, c_ref, tau_ref, a_ref, z0_ref, z_ref, *, block_k
     x = x_ref[...].astype(jnp.float32)  # [T, BK]
     c = c_ref[...].astype(jnp.float32)  # [BK]
     drop = jnp.abs(x * c[None, :]) <= tau_ref[0]  # threshold test fused: the complement of keep
-    row = jnp.any(drop, axis=0)  # rows of A some token needs
+    row = jnp.max(drop.astype(jnp.int32), axis=0) > 0  # rows of A some token needs
     a = pltriton.load(a_ref, mask=jnp.broadcast_to(row[:, None], a_ref.shape), other=0.0).astype(jnp.float32)
     xd = jnp.where(drop, x, 0.0)
     acc = jnp.sum(xd[:, :, None] * a[None, :, :], axis=1)  # [T, BR] fp32
@@ -164,7 +165,7 @@ def _sparse_gemv_kernel(x_ref, c_ref, tau_ref, w_ref, y0_ref, y_ref, *, block_k,
     x = x_ref[...].astype(jnp.float32)  # [T, BK] (channels >= d_in are the low-rank z)
     c = c_ref[...].astype(jnp.float32)
     keep = (jnp.abs(x * c[None, :]) > tau_ref[0]) | (rows >= d_in)[None, :]
-    row = jnp.any(keep, axis=0)
+    row = jnp.max(keep.astype(jnp.int32), axis=0) > 0
     w = pltriton.load(w_ref, mask=jnp.broadcast_to(row[:, None], w_ref.shape), other=0.0,
                       eviction_policy="evict_first").astype(jnp.float32)  # only kept rows are read
     xk = jnp.where(keep, x, 0.0)

@@ -12,7 +12,7 @@ zero-init top layer).
 
 Paper notation (rows are samples): X [n, 2M], F = σ(XW) [n, K], Y one-hot [n, M], P⊥ = I − 11ᵀ/n,
 Ỹ = P⊥ Y, F̃ = P⊥ F. Diagnostics:
-- `backprop_gradient`: G_F = P⊥ (Y_c − F V) Vᵀ [n, K], Y_c = Y − 1/M (column j belongs to node j).
+- `backprop_gradient`: G_F = P⊥ (Y_c − C(F V)) Vᵀ [n, K], Y_c = Y − 1/M, C centres over classes.
 - `node_energy`: E(w_j) = ½ ‖Ỹᵀ σ(X w_j)‖² per hidden node (Thm 1: stage II is gradient ascent on E).
 - `fourier_analysis`: power of each node's input weights per frequency of Z_M (conjugate pairs folded).
 - `relative_movement`: ‖θ_t − θ_0‖ / ‖θ_0‖ per layer.
@@ -134,14 +134,21 @@ def loss_and_accuracy(cfg: Li2Config, params: dict, a: jax.Array, b: jax.Array, 
 # ---------------------------------------------------------------------------------------------- diagnostics
 
 
-def backprop_gradient(params: dict, feats: jax.Array, y: jax.Array, centre_samples: bool = True) -> jax.Array:
-    """G_F = −∂J/∂F (up to the loss's constant factor) = P⊥ (Y_c − F V) Vᵀ: [n, K].
+def backprop_gradient(params: dict, feats: jax.Array, y: jax.Array, reference: bool = False) -> jax.Array:
+    """G_F = −½ ∂J/∂F: [n, K], column j belongs to hidden node j.
 
-    `centre_samples=False` gives the reference code's logged `dF_norm` residual (Y_c − F V) Vᵀ without P⊥.
+    Default: J = ‖P⊥ (Y_c − C(F V))‖², the sample-centred (P⊥, Li2's definition) version of the MSE that is
+    trained, whose outputs are class-centred (C: ŷ ↦ ŷ − mean_j ŷ_j), so G_F = P⊥ (Y_c − C(F V)) Vᵀ. It
+    vanishes when the training loss does.
+    `reference=True`: the reference code's logged `dF_norm` matrix (Y_c − F V) Vᵀ, with neither centring; its
+    class-mean part of F V is invisible to the loss, so it need not vanish at a zero-loss solution.
     """
     order = params["V"].shape[1]
-    residual = centred_targets(y, order) - feats @ params["V"]
-    if centre_samples:
+    out = feats @ params["V"]
+    if not reference:
+        out = out - jnp.mean(out, axis=-1, keepdims=True)
+    residual = centred_targets(y, order) - out
+    if not reference:
         residual = residual - jnp.mean(residual, axis=0, keepdims=True)
     return residual @ params["V"].T
 

@@ -4,10 +4,9 @@ import json
 
 import pytest
 
+from experiments import li2_grokking, li2_phase_diagram
 from jaxllm.config import ConfigError, apply_overrides
 from jaxllm.train import TrainerConfig
-
-from experiments import li2_grokking, li2_phase_diagram
 
 FAST = dict(modulus=23, train_fraction=0.5, hidden=256, lr=1e-2, weight_decay=2e-4, steps=400,
             trainer=TrainerConfig(steps=0, log_every=50, checkpoint_every=200, progress=False))
@@ -66,8 +65,7 @@ def test_config_validation_names_the_key():
 
 
 def test_non_abelian_run_reports_no_fourier(tmp_path):
-    cfg = li2_grokking.Config(run_dir=str(tmp_path / "d5"), group="dihedral", modulus=5,
-                              **{**FAST, "modulus": 5, "steps": 50})
+    cfg = li2_grokking.Config(run_dir=str(tmp_path / "d5"), group="dihedral", **{**FAST, "modulus": 5, "steps": 50})
     summary = li2_grokking.run(cfg)
     assert summary["group"] == "D_5" and summary["frequencies_covered"] is None
     assert "interactive" not in summary["stage_boundaries"]

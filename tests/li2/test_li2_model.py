@@ -74,18 +74,20 @@ def test_backprop_gradient_matches_numpy_and_autodiff():
     f, v = np.asarray(feats, np.float64), np.asarray(p["V"], np.float64)
     n = f.shape[0]
     yc = np.eye(M)[np.asarray(y)] - 1.0 / M
-    proj = np.eye(n) - np.ones((n, n)) / n  # P⊥_1
-    np.testing.assert_allclose(g, proj @ (yc - f @ v) @ v.T, rtol=1e-4, atol=1e-5)
-    g_ref = li2.backprop_gradient(p, feats, y, centre_samples=False)
+    proj = np.eye(n) - np.ones((n, n)) / n  # P⊥_1 (centres over samples)
+    centre_classes = np.eye(M) - np.ones((M, M)) / M  # C (the MSE's output centring)
+    np.testing.assert_allclose(g, proj @ (yc - f @ v @ centre_classes) @ v.T, rtol=1e-4, atol=1e-5)
+    g_ref = li2.backprop_gradient(p, feats, y, reference=True)
     np.testing.assert_allclose(g_ref, (yc - f @ v) @ v.T, rtol=1e-4, atol=1e-5)
 
-    # G_F is minus the F-gradient of J = ½ Σ ‖P⊥(Y_c − F V)‖² (the sample-centred ℓ2 objective)
+    # G_F is −½ the F-gradient of J = ‖P⊥(Y_c − C(F V))‖², the sample-centred trained MSE
     def objective(feats_):
-        r = jnp.asarray(yc, jnp.float32) - feats_ @ p["V"]
+        out = feats_ @ p["V"]
+        r = jnp.asarray(yc, jnp.float32) - (out - jnp.mean(out, axis=1, keepdims=True))
         r = r - jnp.mean(r, axis=0, keepdims=True)
-        return 0.5 * jnp.sum(r**2)
+        return jnp.sum(r**2)
 
-    np.testing.assert_allclose(g, -jax.grad(objective)(feats), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(g, -0.5 * jax.grad(objective)(feats), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("activation", ["sqr", "relu2", "silu"])

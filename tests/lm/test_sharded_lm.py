@@ -51,6 +51,7 @@ print("max param diff", err, "losses", [r.get("loss") for r in m.history])
 """
 
 
+@pytest.mark.slow
 @pytest.mark.multidevice
 def test_fsdp_tensor_parallel_train_steps_equal_single_device():
     out = run_python(CODE, devices=8)

@@ -116,3 +116,10 @@ def test_jax_triton_kernel_matches_reference(dtype_name, tokens, d_in, d_out, ra
     y = rsparse_gemv_triton(x, rk.pack_weights(w, a, b, blocks), scale, tau, blocks=blocks)
     print(f"jax-triton {dtype_name} T={tokens} {d_in}x{d_out} r={rank}: rel err "
           f"{_close(y, rk.rsparse_gemv_reference(x, w, scale, tau, a, b), dtype_name):.2e}")
+
+
+def test_gather_overflow_channels_take_the_low_rank_path():
+    # with full-rank factors the low-rank path is exact, so capping the kept rows must not change y = xW
+    x, w, scale, tau, a, b = _case(2, 64, 48, 48, 0.3, jnp.float32, seed=5)
+    y = rk.rsparse_gemv_gather(x, w, scale, tau, a, b, max_kept=8)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(x @ w), atol=2e-5)

@@ -62,7 +62,7 @@ class Problem(NamedTuple):
 class GraphConfig:
     min_nodes: int = 10
     max_nodes: int = 16
-    hops: tuple = (3, 4)  # allowed shortest-path lengths root -> target (the paper's "graph-4" set: 3-4)
+    hops: tuple[int, ...] = (3, 4)  # allowed shortest-path lengths root -> target (the paper's "graph-4" set: 3-4)
     parent_rate: float = 1.5  # Poisson mean of parents per node (Coconut Alg. 1)
     max_edges: int = 40
 

@@ -1,0 +1,158 @@
+"""MobileLLM-R1 data-mixture method on generated sources: leave-one-out influence -> resampling weights.
+
+Sources (jaxllm.data.synthetic): arithmetic (worked traces), copy, reverse (useful), noise (useless) and
+wrong_arithmetic (harmful: the same prompts with wrong traces and answers). The capability probe set is
+held-out arithmetic + copy + reverse (like the paper's union of domain probe sets D^P_c).
+
+1. θ: train on all sources, each sampled with equal probability (the paper's LOO protocol).
+2. θ_{−j}: the same run without source j, for every j. ΔL_j = probe loss(θ_{−j}) − probe loss(θ) (Eq. 1).
+3. Weights w_j ∝ max(ΔL_j, 0) (+ an optional uniform floor), as Eq. 6 normalises positive impacts.
+4. Re-mixed run with w vs the uniform run, both evaluated on a *separate* held-out test set drawn from the
+   same capability tasks (different seed than the probe set used to choose the weights), over `seeds`.
+
+    python -m jaxllm.train mobilellm_data_mixture                   # ~8-12 min on 2 busy CPU cores
+    python -m jaxllm.train mobilellm_data_mixture steps=100 seeds=1  # quick look
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from experiments import mobilellm_tiny_pretrain as pre
+from jaxllm.config import check
+from jaxllm.data import mixture, pipeline, synthetic
+from jaxllm.data.tokenizers import CharTokenizer
+from jaxllm.train import TrainerConfig, prepare_run_dir, save_figure, write_summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    run_dir: str = ""
+    sources: str = "arithmetic,copy,reverse,noise,wrong_arithmetic"
+    probe_sources: str = "arithmetic,copy,reverse"  # the capability probe / test tasks
+    docs_per_source: int = 2000
+    probe_docs_per_source: int = 100
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_ff: int = 192
+    seq_len: int = 64
+    batch_size: int = 16
+    steps: int = 250
+    lr: float = 3e-3
+    floor: float = 0.0  # uniform share kept in the re-mixed weights
+    seeds: int = 2  # seeds for the final uniform-vs-remix comparison (the LOO runs use seed 0)
+    accuracy_problems: int = 64
+
+    def __post_init__(self):
+        for n in self.source_names + self.probe_names:
+            check(n in synthetic.SOURCES, f"unknown source {n!r}; known: {', '.join(synthetic.SOURCES)}")
+        check(len(self.source_names) >= 2, "need at least two sources for leave-one-out")
+        check(self.seeds >= 1, f"seeds must be >= 1, got {self.seeds}")
+
+    @property
+    def source_names(self) -> list[str]:
+        return [s.strip() for s in self.sources.split(",") if s.strip()]
+
+    @property
+    def probe_names(self) -> list[str]:
+        return [s.strip() for s in self.probe_sources.split(",") if s.strip()]
+
+
+def _base(c: Config, sources: list[str], seed: int) -> pre.Config:
+    return pre.Config(sources=",".join(sources), docs_per_source=c.docs_per_source, d_model=c.d_model,
+                      n_layers=c.n_layers, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, d_ff=c.d_ff,
+                      seq_len=c.seq_len, batch_size=c.batch_size, lr=c.lr, warmup_steps=max(1, c.steps // 10),
+                      seed=seed, accuracy_problems=0,
+                      trainer=TrainerConfig(steps=c.steps, log_every=50, eval_every=0, checkpoint_every=c.steps,
+                                            progress=False))
+
+
+def _eval_sets(c: Config, tok, seed: int) -> list[dict]:
+    rows = pre.packed_sources(c.probe_names, tok, c.probe_docs_per_source, c.seq_len, seed)
+    return [b for n in c.probe_names for b in pipeline.fixed_batches(rows[n], 64)]
+
+
+def _run(c: Config, name: str, sources: list[str], seed: int, weights, evals, accuracy: bool = False) -> dict:
+    """One training run in its own sub-run-dir (resumable); returns its final eval losses (cached)."""
+    out_dir = os.path.join(c.run_dir, name)
+    done = os.path.join(out_dir, "result.json")
+    if os.path.exists(done):
+        return json.loads(open(done).read())
+    t0 = time.perf_counter()
+    cfg, params, tok, res = pre.train_tiny_decoder(_base(c, sources, seed), out_dir, weights, evals)
+    last = res.history[-1]
+    result = {k[len("eval/"):]: v for k, v in last.items() if k.startswith("eval/")}
+    result["wall_s"] = round(time.perf_counter() - t0, 1)
+    if accuracy and c.accuracy_problems:
+        result["arithmetic_exact_match"] = pre.arithmetic_accuracy(cfg, params, tok, c.accuracy_problems)
+    with open(done, "w") as fh:
+        json.dump(result, fh)
+    print(f"  run {name}: {result}", flush=True)
+    return result
+
+
+def run(c: Config) -> dict:
+    prepare_run_dir(c.run_dir, c)
+    tok = CharTokenizer()
+    names = c.source_names
+    evals = {"probe": _eval_sets(c, tok, 5000), "test": _eval_sets(c, tok, 7000)}
+
+    # 1-2: full uniform run and leave-one-out runs (seed 0), probe loss -> ΔL_j (Eq. 1)
+    full = _run(c, "uniform_seed0", names, 0, None, evals, accuracy=True)
+    without = {j: _run(c, f"loo_without_{j}", [n for n in names if n != j], 0, None, evals)["probe"] for j in names}
+    deltas = mixture.loo_deltas(full["probe"], without)
+    # 3: weights from positive impact
+    weights = mixture.weights_from_scores(deltas, c.floor)
+    # 4: re-mixed vs uniform on the separate test set, over seeds
+    uniform_test, remix_test, uniform_acc, remix_acc = [], [], [], []
+    for seed in range(c.seeds):
+        u = full if seed == 0 else _run(c, f"uniform_seed{seed}", names, seed, None, evals, accuracy=True)
+        r = _run(c, f"remix_seed{seed}", names, seed, weights, evals, accuracy=True)
+        uniform_test.append(u["test"])
+        remix_test.append(r["test"])
+        uniform_acc.append(u.get("arithmetic_exact_match", float("nan")))
+        remix_acc.append(r.get("arithmetic_exact_match", float("nan")))
+
+    summary = {
+        **{f"delta_L/{j}": round(v, 4) for j, v in deltas.items()},
+        **{f"weight/{j}": round(v, 4) for j, v in weights.items()},
+        "probe_loss_uniform": round(full["probe"], 4),
+        "test_loss_uniform": [round(x, 4) for x in uniform_test],
+        "test_loss_remix": [round(x, 4) for x in remix_test],
+        "test_loss_uniform_mean": float(np.mean(uniform_test)),
+        "test_loss_remix_mean": float(np.mean(remix_test)),
+        "remix_beats_uniform_every_seed": bool(all(r < u for r, u in zip(remix_test, uniform_test))),
+        "arithmetic_exact_match_uniform": uniform_acc,
+        "arithmetic_exact_match_remix": remix_acc,
+        "steps_per_run": c.steps,
+    }
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].bar(names, [deltas[n] for n in names])
+    axes[0].axhline(0, color="k", lw=0.8)
+    axes[0].set_title("LOO impact ΔL_j = L(θ_-j) − L(θ) on probe set")
+    axes[1].bar(names, [weights[n] for n in names], color="tab:green")
+    axes[1].set_title("resampling weights")
+    for ax in axes[:2]:
+        ax.tick_params(axis="x", rotation=30)
+    x = np.arange(c.seeds)
+    axes[2].bar(x - 0.2, uniform_test, 0.4, label="uniform")
+    axes[2].bar(x + 0.2, remix_test, 0.4, label="re-mixed")
+    axes[2].set_xticks(x, [f"seed {s}" for s in range(c.seeds)])
+    axes[2].set_ylim(min(remix_test + uniform_test) * 0.9, max(remix_test + uniform_test) * 1.05)
+    axes[2].set_title("held-out test loss (capability tasks)")
+    axes[2].legend()
+    save_figure(fig, c.run_dir, "mixture")
+    write_summary(c.run_dir, summary, "mobilellm_data_mixture")
+    return summary
