@@ -32,13 +32,13 @@ from jaxllm.train.trainer import init_state, make_train_step
 REPEATS = 5
 
 
-def _torch_model(cfg):
+def _torch_model(cfg, device="cpu"):
     import torch
     from transformers import Llama4ForCausalLM, Llama4TextConfig
 
     hf_cfg = {k: v for k, v in hf.config_to_hf(cfg).items() if k not in ("architectures", "model_type", "torch_dtype")}
     torch.manual_seed(0)
-    model = Llama4ForCausalLM(Llama4TextConfig(**hf_cfg)).float()
+    model = Llama4ForCausalLM(Llama4TextConfig(**hf_cfg)).float().to(device)
     model.config._attn_implementation = "sdpa"
     return model
 
@@ -52,8 +52,13 @@ def _ratio(ours: list[float], theirs: list[float]) -> str:
     return f"{med:.2f}× ({lo:.2f}–{hi:.2f})"
 
 
-def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode_new: int, rows: list):
+def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode_new: int, rows: list,
+                device: str = "cpu"):
     import torch
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
 
     key = jax.random.PRNGKey(0)
     tokens_np = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(batch, seq + 1)).astype(np.int32)
@@ -73,17 +78,18 @@ def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode
         holder["state"], m = compiled(holder["state"], batch_j)
         m["loss"].block_until_ready()
 
-    model = _torch_model(cfg)
+    model = _torch_model(cfg, device)
     torch_opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    t_in = torch.as_tensor(tokens_np[:, :-1], dtype=torch.long)
-    t_lab = torch.as_tensor(tokens_np, dtype=torch.long)
+    t_in = torch.as_tensor(tokens_np[:, :-1], dtype=torch.long, device=device)
+    t_lab = torch.as_tensor(tokens_np, dtype=torch.long, device=device)
 
     def torch_train():
         model.train()
-        out = model(input_ids=torch.as_tensor(tokens_np, dtype=torch.long), labels=t_lab)
+        out = model(input_ids=t_lab, labels=t_lab)
         out.loss.backward()
         torch_opt.step()
         torch_opt.zero_grad(set_to_none=True)
+        sync()
 
     n_tok = batch * seq
     t = interleaved({"ours": ours_train, "torch": torch_train}, repeats=REPEATS, warmup=1)
@@ -109,6 +115,7 @@ def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode
         model.eval()
         with torch.no_grad():
             model(input_ids=t_in)
+        sync()
 
     t = interleaved({"ours": ours_fwd, "torch": torch_fwd}, repeats=REPEATS, warmup=1)
     rows.append((name, f"forward {batch}×{seq}", _fmt(t["ours"], n_tok), _fmt(t["torch"], n_tok),
@@ -121,12 +128,13 @@ def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode
         out = generate(cfg, params, prompt, key, s)
         out.tokens.block_until_ready()
 
-    p_t = torch.as_tensor(prompt, dtype=torch.long)
+    p_t = torch.as_tensor(prompt, dtype=torch.long, device=device)
 
     def torch_decode():
         with torch.no_grad():
             model.generate(p_t, attention_mask=torch.ones_like(p_t), max_new_tokens=decode_new, min_new_tokens=decode_new,
                            do_sample=False, eos_token_id=None, pad_token_id=0)
+        sync()
 
     t = interleaved({"ours": ours_decode, "torch": torch_decode}, repeats=REPEATS, warmup=1)
     rows.append((name, f"greedy decode b=1, {decode_prompt}+{decode_new}", _fmt(t["ours"], decode_new),
@@ -141,15 +149,18 @@ def main(argv: list[str]) -> None:
     rows: list = []
     infos = []
     t0 = time.perf_counter()
-    tiny = get_preset("tiny_mobilellm", vocab_size=256, max_seq_len=512)
+    tiny = get_preset("tiny_mobilellm", vocab_size=256, max_seq_len=1024)
+    big = get_preset("mobilellm_r1_140m", max_seq_len=4096)
     infos.append(bench_shape("tiny (D=64, L=2)", tiny, batch=8, seq=128, decode_prompt=16, decode_new=64, rows=rows))
     if not quick:
-        big = get_preset("mobilellm_r1_140m", max_seq_len=4096)
-        infos.append(bench_shape("MobileLLM-R1-140M", big, batch=1, seq=128, decode_prompt=16, decode_new=32, rows=rows))
+        infos.append(bench_shape("MobileLLM-R1-140M", big, batch=1, seq=128, decode_prompt=16, decode_new=32,
+                                 rows=rows))
     wall = time.perf_counter() - t0
-    cmd = "python -m bench.run_all decoder" + (" (--quick)" if quick else "")
-    text = header("Decoder: jaxllm vs transformers + torch (fp32)", cmd)
-    text += (f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers Llama4ForCausalLM with the same "
+    flags = " ".join(a for a in argv if a.startswith("--"))
+    cmd = "python -m bench.run_all decoder" if not flags else f"python -m bench.bench_decoder {flags}"
+    text = header("Decoder: jaxllm vs transformers + torch (fp32, CPU)", cmd)
+    threads = f"{torch.get_num_threads()} threads"
+    text += (f"torch {torch.__version__} ({threads}), transformers Llama4ForCausalLM with the same "
              f"config (sdpa attention); torch.optim.AdamW vs optax.adamw, same betas/eps/weight decay. "
              f"{REPEATS} interleaved repeats after a warm-up; tokens/s from the median; speed-up = torch time / our "
              f"time per repeat (> 1: we are faster), median (min–max). Total wall {wall:.0f} s.\n\n")

@@ -45,7 +45,7 @@ def model_config(name: str, dtype: str):
 def torch_forward_fn(cfg, params, device, dtype):
     import torch
 
-    t = lambda a: torch.as_tensor(np.asarray(a, np.float32)).to(device=device, dtype=dtype)  # noqa: E731
+    t = lambda a: torch.as_tensor(np.array(a, np.float32)).to(device=device, dtype=dtype)  # noqa: E731
     H, K, h = cfg.n_heads, cfg.num_heads_kv, cfg.head_size
     layers = [{"an": t(params[f"layer_{i}"]["attn_norm"]["scale"]), "mn": t(params[f"layer_{i}"]["mlp_norm"]["scale"]),
                **{n: t(params[f"layer_{i}"]["attn"][n]["kernel"]) for n in "qkvo"},
@@ -139,7 +139,7 @@ def bench_model(name: str, batch: int, repeats: int, device: str) -> dict:
 
     tdtype = torch.bfloat16 if device == "cuda" else torch.float32
     fwd = torch_forward_fn(cfg, params, device, tdtype)
-    tprompt = torch.as_tensor(np.asarray(prompt), dtype=torch.long, device=device)
+    tprompt = torch.as_tensor(np.array(prompt), dtype=torch.long, device=device)
 
     def run_torch():
         out = torch_generate(fwd, tprompt, STEPS, GEN, BLOCK, cfg.mask_token_id)

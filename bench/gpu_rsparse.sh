@@ -25,7 +25,7 @@ for d in .whl/jt031 .whl/jt041; do
 done
 echo "PYTHONPATH=${PYTHONPATH:-}" | tee -a "$OUT/env.txt"
 
-timeout 110 $PY -m pytest -q -m gpu -s -p no:cacheprovider tests/sparse/test_rsparse_kernels.py 2>&1 \
+timeout 110 $PY -m pytest -q -m gpu -s -p no:cacheprovider -k "${RSPARSE_TEST_K:-}" tests/sparse/test_rsparse_kernels.py 2>&1 \
   | tee "$OUT/gpu_tests.txt" | tail -40
-timeout 200 $PY -m bench.bench_rsparse --device gpu --repeats 20 2>&1 | tee "$OUT/gpu_bench_log.txt" | tail -40
+timeout 200 $PY -m bench.bench_rsparse --device gpu --repeats 20 ${RSPARSE_BENCH_ARGS:-} 2>&1 | tee "$OUT/gpu_bench_log.txt" | tail -40
 cp docs/results/rsparse_bench_gpu.md "$OUT/" 2>/dev/null || true

@@ -40,25 +40,25 @@ class Config:
     run_dir: str = ""
     seed: int = 0
     modes: tuple[str, ...] = ("coconut", "bfs_set", "cot", "nocot")
-    graphs: rd.GraphConfig = rd.GraphConfig(min_nodes=8, max_nodes=12, hops=(3,), max_edges=20)
-    n_train: int = 3000
-    n_test: int = 300
+    graphs: rd.GraphConfig = rd.GraphConfig(min_nodes=6, max_nodes=10, hops=(2, 3), max_edges=16)
+    n_train: int = 2000
+    n_test: int = 200
     d_model: int = 64
     n_heads: int = 4
     dropout: float = 0.0
     max_latent: int = 3  # thoughts at the last stage (paper: 4 for 3-4 hop graphs)
-    first_stage_steps: int = 600  # stage 0 (Emergence: 150 epochs of 350; paper 1: 25 of 300)
-    steps_per_stage: int = 300
+    first_stage_steps: int = 500  # stage 0 (Emergence: 150 epochs of 350; paper 1: 25 of 300)
+    steps_per_stage: int = 200
     final_extra_steps: int = 300  # added to the last stage (paper 1 keeps training at the last stage)
     baseline_steps: int = 0  # cot / nocot steps; 0 = the curriculum's total
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.01
     uniform_prob: float = 0.1
     reset_optimizer: bool = True
     relabel: bool = False  # Emergence `shuffle_nodes`: fresh node ids per sample and epoch
     analysis_samples: int = 128
-    trainer: TrainerConfig = TrainerConfig(log_every=50, checkpoint_every=300, progress=False)
+    trainer: TrainerConfig = TrainerConfig(log_every=50, checkpoint_every=500, progress=False)
 
     def __post_init__(self):
         check(all(m in MODES for m in self.modes) and self.modes, f"modes={self.modes} must be from {list(MODES)}")

@@ -51,6 +51,7 @@ class Config:
     muon_lr: float = 0.02
     weight_decay: float = 0.0
     warmup_fraction: float = 0.1  # linear warmup then cosine to 10% of peak (the paper's schedule)
+    adamw_lr_sweep: tuple[float, ...] = ()  # extra AdamW runs at these learning rates (baseline tuning)
     ablations: bool = True
     ablation_ranks: tuple[int, ...] = (8, 64)
     ablation_gaps: tuple[int, ...] = (10, 150)
@@ -87,6 +88,8 @@ def runs(config: Config) -> dict[str, build.OptimizerConfig]:
         "galore2_randomized": dataclasses.replace(galore, projector="randomized"),
         "muon": dataclasses.replace(base, name="muon", muon_learning_rate=config.muon_lr),
     }
+    for lr in config.adamw_lr_sweep:
+        out[f"adamw_lr{lr:g}"] = dataclasses.replace(base, learning_rate=lr)
     if config.ablations:
         for r in config.ablation_ranks:
             out[f"galore_rank{r}"] = dataclasses.replace(galore, rank=r)
@@ -131,12 +134,16 @@ def run(config: Config) -> dict:
         print(f"{name}: eval loss {final_eval:.4f}  ({wall:.0f} s)", flush=True)
 
     ref = results["adamw"]["eval_loss"]
+    best_adamw = min((k for k in results if k.startswith("adamw")), key=lambda k: results[k]["eval_loss"])
     summary = {"model": f"d_model={config.d_model} layers={config.n_layers} d_ff={config.d_ff} "
                         f"vocab={tok.vocab_size} params={tfm.count_params(jax.eval_shape(lambda: tfm.init_params(mcfg, jax.random.PRNGKey(0))))}",
                "steps": config.steps, "tokens_per_step": config.batch_size * config.seq_len}
     for name, r in results.items():
         summary[f"{name}/eval_loss"] = round(r["eval_loss"], 4)
         summary[f"{name}/vs_adamw"] = f"{100 * (r['eval_loss'] / ref - 1):+.2f}%"
+        if best_adamw != "adamw":
+            best = results[best_adamw]["eval_loss"]
+            summary[f"{name}/vs_best_adamw({best_adamw})"] = f"{100 * (r['eval_loss'] / best - 1):+.2f}%"
         summary[f"{name}/opt_state_bytes"] = r["opt_state_bytes"]
         summary[f"{name}/wall_s"] = round(r["wall_s"], 1)
     plot(config.run_dir, results)
@@ -150,7 +157,7 @@ def plot(run_dir: str, results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    main = [k for k in ("adamw", "galore_svd", "galore2_randomized", "muon") if k in results]
+    main = [k for k in results if k.startswith("adamw") or k in ("galore_svd", "galore2_randomized", "muon")]
     abl = [k for k in results if k not in main]
     fig, axes = plt.subplots(1, 2 if abl else 1, figsize=(13 if abl else 7, 4.5), squeeze=False)
     for ax, names, title in ((axes[0, 0], main, "optimizers"), *(((axes[0, 1], ["galore_svd", *abl], "GaLore ablations"),) if abl else ())):

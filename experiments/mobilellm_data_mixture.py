@@ -1,7 +1,7 @@
 """MobileLLM-R1 data-mixture method on generated sources: leave-one-out influence -> resampling weights.
 
 Sources (jaxllm.data.synthetic): arithmetic (worked traces), copy, reverse (useful), noise (useless) and
-wrong_arithmetic (harmful: the same prompts with wrong traces and answers). The capability probe set is
+wrong_answers (harmful: copy prompts answered with the reversal and vice versa). The capability probe set is
 held-out arithmetic + copy + reverse (like the paper's union of domain probe sets D^P_c).
 
 1. θ: train on all sources, each sampled with equal probability (the paper's LOO protocol).
@@ -33,7 +33,7 @@ from jaxllm.train import TrainerConfig, prepare_run_dir, save_figure, write_summ
 @dataclasses.dataclass(frozen=True)
 class Config:
     run_dir: str = ""
-    sources: str = "arithmetic,copy,reverse,noise,wrong_arithmetic"
+    sources: str = "arithmetic,copy,reverse,noise,wrong_answers"
     probe_sources: str = "arithmetic,copy,reverse"  # the capability probe / test tasks
     docs_per_source: int = 2000
     probe_docs_per_source: int = 100
@@ -74,9 +74,22 @@ def _base(c: Config, sources: list[str], seed: int) -> pre.Config:
                                             progress=False))
 
 
-def _eval_sets(c: Config, tok, seed: int) -> list[dict]:
-    rows = pre.packed_sources(c.probe_names, tok, c.probe_docs_per_source, c.seq_len, seed)
-    return [b for n in c.probe_names for b in pipeline.fixed_batches(rows[n], 64)]
+def _eval_sets(c: Config, tok, seed: int) -> dict[str, list[dict]]:
+    """Capability probe {task: batches}: held-out problems of each probe task, loss on the answers only
+    (bos + prompt carry no loss; response + eos do), so the irreducible randomness of prompts does not
+    dilute it. The capability score is the mean over tasks (capabilities weighted equally, as Eq. 5's α
+    is uniform over capabilities)."""
+    sets = {}
+    for n in c.probe_names:
+        examples = []
+        for p in synthetic.generate_sft(n, c.probe_docs_per_source, seed):
+            prompt = tok.encode(p["prompt"], add_bos=True)
+            resp = tok.encode(p["response"], add_eos=True)
+            examples.append((np.asarray(prompt + resp, np.int32),
+                             np.r_[np.zeros(len(prompt)), np.ones(len(resp))].astype(np.float32)))
+        rows, _ = pipeline.pack_examples(examples, c.seq_len, tok.pad_id, truncate=False)
+        sets[n] = pipeline.fixed_batches(rows, 64)
+    return sets
 
 
 def _run(c: Config, name: str, sources: list[str], seed: int, weights, evals, accuracy: bool = False) -> dict:
@@ -89,6 +102,8 @@ def _run(c: Config, name: str, sources: list[str], seed: int, weights, evals, ac
     cfg, params, tok, res = pre.train_tiny_decoder(_base(c, sources, seed), out_dir, weights, evals)
     last = res.history[-1]
     result = {k[len("eval/"):]: v for k, v in last.items() if k.startswith("eval/")}
+    for split in ("probe", "test"):  # capability score: mean over tasks
+        result[split] = float(np.mean([v for k, v in result.items() if k.startswith(split + "_")]))
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     if accuracy and c.accuracy_problems:
         result["arithmetic_exact_match"] = pre.arithmetic_accuracy(cfg, params, tok, c.accuracy_problems)
@@ -102,7 +117,8 @@ def run(c: Config) -> dict:
     prepare_run_dir(c.run_dir, c)
     tok = CharTokenizer()
     names = c.source_names
-    evals = {"probe": _eval_sets(c, tok, 5000), "test": _eval_sets(c, tok, 7000)}
+    evals = {f"{split}_{task}": batches for split, seed in (("probe", 5000), ("test", 7000))
+             for task, batches in _eval_sets(c, tok, seed).items()}
 
     # 1-2: full uniform run and leave-one-out runs (seed 0), probe loss -> ΔL_j (Eq. 1)
     full = _run(c, "uniform_seed0", names, 0, None, evals, accuracy=True)
@@ -111,12 +127,14 @@ def run(c: Config) -> dict:
     # 3: weights from positive impact
     weights = mixture.weights_from_scores(deltas, c.floor)
     # 4: re-mixed vs uniform on the separate test set, over seeds
-    uniform_test, remix_test, uniform_acc, remix_acc = [], [], [], []
+    uniform_test, remix_test, uniform_acc, remix_acc, per_task_u, per_task_r = [], [], [], [], [], []
     for seed in range(c.seeds):
         u = full if seed == 0 else _run(c, f"uniform_seed{seed}", names, seed, None, evals, accuracy=True)
         r = _run(c, f"remix_seed{seed}", names, seed, weights, evals, accuracy=True)
         uniform_test.append(u["test"])
         remix_test.append(r["test"])
+        per_task_u.append({t: round(u[f"test_{t}"], 4) for t in c.probe_names})
+        per_task_r.append({t: round(r[f"test_{t}"], 4) for t in c.probe_names})
         uniform_acc.append(u.get("arithmetic_exact_match", float("nan")))
         remix_acc.append(r.get("arithmetic_exact_match", float("nan")))
 
@@ -128,6 +146,8 @@ def run(c: Config) -> dict:
         "test_loss_remix": [round(x, 4) for x in remix_test],
         "test_loss_uniform_mean": float(np.mean(uniform_test)),
         "test_loss_remix_mean": float(np.mean(remix_test)),
+        "test_loss_per_task_uniform": per_task_u,
+        "test_loss_per_task_remix": per_task_r,
         "remix_beats_uniform_every_seed": bool(all(r < u for r, u in zip(remix_test, uniform_test))),
         "arithmetic_exact_match_uniform": uniform_acc,
         "arithmetic_exact_match_remix": remix_acc,

@@ -243,7 +243,42 @@ def run(config: Config) -> dict:
     for r in rows:
         summary[f"ppl/{r['method']}/s{r['sparsity']}"] = r["ppl"]
     write_summary(run_dir, summary, "R-Sparse quality")
+    print(results_markdown(run_dir))
     return summary
+
+
+METHOD_NAMES = {
+    "teal": "TEAL (|x| > τ)",
+    "rsparse_alpha1": "R-Sparse α = 1 (|x·c| > τ, no low rank)",
+    "rsparse_uniform": "R-Sparse uniform α",
+    "rsparse_greedy": "R-Sparse searched α (greedy, per layer)",
+    "rsparse_evolutionary": "R-Sparse searched α (evolutionary)",
+}
+
+
+def results_markdown(run_dir: str) -> str:
+    """The quality table of a finished run as markdown (perplexity and its increase over dense)."""
+    res = json.loads((Path(run_dir) / "results.json").read_text())
+    cfg = json.loads((Path(run_dir) / "config.json").read_text())
+    dense = res["dense_ppl"]
+    sps = sorted({r["sparsity"] for r in res["rows"]})
+    methods = [m for m in METHOD_NAMES if any(r["method"] == m for r in res["rows"])]
+    lines = [f"Dense perplexity: **{dense:.4f}**. Cells: perplexity (increase over dense); uniform α = "
+             f"{cfg['uniform_alpha']}.", "",
+             "| method | " + " | ".join(f"s = {s}" for s in sps) + " |", "|---|" + "---|" * len(sps)]
+    for m in methods:
+        cells = []
+        for s in sps:
+            r = next(r for r in res["rows"] if r["method"] == m and r["sparsity"] == s)
+            cells.append(f"{r['ppl']:.4f} (+{100 * (r['ppl'] / dense - 1):.1f}%)")
+        lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean relative output error per linear layer on held-out (search) activations:", "",
+              "| method | " + " | ".join(f"s = {s}" for s in sps) + " |", "|---|" + "---|" * len(sps)]
+    for m in methods:
+        cells = [f"{next(r for r in res['rows'] if r['method'] == m and r['sparsity'] == s)['mean_layer_rel_error']:.4f}"
+                 for s in sps]
+        lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _plots(run_dir, dense_ppl, rows, recipes, config):

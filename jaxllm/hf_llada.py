@@ -28,8 +28,15 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from jaxllm.hf import CheckpointError, Spec, check_names, convert_tensors, export_tensors, read_safetensors_folder
-from jaxllm.hf import write_safetensors
+from jaxllm.hf import (
+    CheckpointError,
+    Spec,
+    check_names,
+    convert_tensors,
+    export_tensors,
+    read_safetensors_folder,
+    write_safetensors,
+)
 from jaxllm.models.transformer import TransformerConfig
 
 PREFIX = "model.transformer."

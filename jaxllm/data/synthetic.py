@@ -5,8 +5,9 @@ Sources (each a function `(rng) -> str` producing one document):
 - `copy`, `reverse`: string copy / reversal tasks.
 - `sorting`: sort a list of digits.
 - `noise`: uniformly random printable characters (useless: nothing to learn).
-- `wrong_arithmetic`: the `arithmetic` format with a corrupted trace and a wrong final answer (harmful:
-  it teaches the wrong mapping for the same prompts).
+- `wrong_arithmetic`: the `arithmetic` format with a systematically wrong trace (every digit sum off by
+  one) and the answer that follows from it (harmful: a conflicting rule for the same prompts).
+- `wrong_answers`: copy prompts answered with the reversal and vice versa (harmful, mislabeled).
 
 `generate(source, n, seed)` gives `n` documents as `{"text": ...}` dicts; `generate_sft(source, n, seed)`
 gives `{"prompt": ..., "response": ...}` pairs of the same tasks. Every character is in
@@ -34,16 +35,14 @@ def _addition(rng: np.random.Generator, wrong: bool) -> tuple[str, str]:
         x = int(da[i]) if i < len(da) else 0
         y = int(db[i]) if i < len(db) else 0
         s = x + y + carry
-        if wrong:  # a corrupted step: a random digit sum
-            s = int(rng.integers(0, 19))
+        if wrong:  # a systematically wrong rule (every digit sum off by one): it conflicts with the right one
+            s += 1
         steps.append(f"{x}+{y}+{carry}={s}")
         digits.append(s % 10)
         carry = s // 10
     if carry:
         digits.append(carry)
-    answer = int("".join(str(d) for d in reversed(digits)))
-    if wrong and answer == a + b:
-        answer = a + b + int(rng.integers(1, 10))
+    answer = int("".join(str(d) for d in reversed(digits)))  # wrong: a + b + 11...1, never a + b
     return prompt, f" {', '.join(steps)}; so {answer}."
 
 
@@ -66,6 +65,14 @@ def _sorting(rng):
     return f"sort {' '.join(d)}:", f" {' '.join(sorted(d))}."
 
 
+def _wrong_answers(rng):
+    """copy / reverse prompts answered with the other task's answer: mislabeled data for those tasks."""
+    w = _word(rng)
+    if rng.random() < 0.5:
+        return f"copy {w}:", f" {w[::-1]}."
+    return f"reverse {w}:", f" {w}."
+
+
 _PRINTABLE = [c for c in string.ascii_letters + string.digits + string.punctuation + " "]
 
 
@@ -82,6 +89,7 @@ TASKS: dict[str, Callable[[np.random.Generator], tuple[str, str]]] = {
     "sorting": _sorting,
     "noise": _noise,
     "wrong_arithmetic": lambda rng: _addition(rng, wrong=True),
+    "wrong_answers": _wrong_answers,
 }
 SOURCES = tuple(TASKS)
 

@@ -5,7 +5,6 @@ Every function is total: any string in, a string or None out, never an exception
 
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 # A completion longer than this is not parsed at all and gets the reward's minimum (documented per reward).

@@ -139,7 +139,11 @@ def init_state(task: Task, seed: int, mesh=None) -> TrainState:
         opt_state = jax.jit(task.optimizer.init, out_shardings=o_shardings)(params)
         rep = parallel.replicated(mesh)
         return TrainState(params, opt_state, jax.device_put(step, rep), jax.device_put(rng, rep))
-    params = task.init_params(init_key)
+    try:  # jitted: eager init compiles every random op separately (seconds for a small Transformer on CPU)
+        params = jax.jit(task.init_params)(init_key)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
+            jax.errors.TracerIntegerConversionError):
+        params = task.init_params(init_key)  # an init that needs concrete values (host-side code)
     opt_state = jax.jit(task.optimizer.init)(params)
     return TrainState(params, opt_state, step, rng)
 

@@ -29,3 +29,9 @@ def test_copy_and_reverse():
         assert p["response"] == f" {w[::-1]}."
     for p in synthetic.generate_sft("copy", 10):
         assert p["response"] == f" {p['prompt'][5:-1]}."
+
+
+def test_wrong_answers_swap_copy_and_reverse():
+    for p in synthetic.generate_sft("wrong_answers", 20):
+        task, w = p["prompt"][:-1].split(" ")
+        assert p["response"] == (f" {w[::-1]}." if task == "copy" else f" {w}.")

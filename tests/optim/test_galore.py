@@ -149,15 +149,20 @@ def _decaying(m, n, seed, decay=1.0, noise=0.0):
     return jnp.asarray(g, jnp.float32)
 
 
-@pytest.mark.parametrize("shape,r", [((256, 128), 16), pytest.param((96, 320), 24, marks=pytest.mark.slow)])
-def test_randomized_refresh_captures_exact_energy_on_decaying_spectra(shape, r):
+@pytest.mark.parametrize("shape,r,variant", [((256, 128), 16, "fast"),
+                                             pytest.param((96, 320), 24, "fast", marks=pytest.mark.slow),
+                                             pytest.param((256, 128), 16, "halko", marks=pytest.mark.slow),
+                                             pytest.param((512, 256), 128, "fast", marks=pytest.mark.slow)])
+def test_randomized_refresh_captures_exact_energy_on_decaying_spectra(shape, r, variant):
+    """sigma_i ~ 1/i plus small noise; p = 8, q = 2. (A slower decay, sigma_i ~ i^-0.5 at 512 x 512, r = 128,
+    gives 0.990: see docs/results/galore.md.)"""
     g = _decaying(*shape, seed=1, decay=1.0, noise=1e-3)
 
     for left in (True, False):
         a = g if left else g.T
         exact = gl.captured_energy(a, jax.jit(gl.exact_basis, static_argnums=(1, 2))(g, r, left))
-        rsvd = jax.jit(gl.randomized_basis, static_argnums=(1, 3, 4))
-        approx = gl.captured_energy(a, rsvd(a, r, jax.random.PRNGKey(0), 8, 2))
+        rsvd = jax.jit(gl.randomized_basis, static_argnums=(1, 3, 4, 5))
+        approx = gl.captured_energy(a, rsvd(a, r, jax.random.PRNGKey(0), 8, 2, variant))
         assert float(approx / exact) >= 0.999, (left, float(approx / exact))
 
 

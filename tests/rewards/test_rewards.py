@@ -6,10 +6,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jaxllm.rewards import (MAX_COMPLETION_CHARS, countdown_reward, gsm8k_reward, gsm8k_reward_parts, is_equiv,
-                            math_format_reward, math_reward, sudoku_reward)
-from jaxllm.rewards import arithmetic
-
+from jaxllm.rewards import (
+    MAX_COMPLETION_CHARS,
+    arithmetic,
+    countdown_reward,
+    gsm8k_reward,
+    gsm8k_reward_parts,
+    is_equiv,
+    math_format_reward,
+    math_reward,
+    sudoku_reward,
+)
 
 # ---- reference values ----------------------------------------------------------------------------------------
 
