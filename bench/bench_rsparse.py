@@ -12,8 +12,10 @@ and the figure is time per layer. τ is calibrated on 64 random tokens so that t
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import math
+import os
 import statistics
 
 import jax
@@ -44,6 +46,15 @@ def _layer(rng, d_in, d_out, sparsity, alpha, dtype, rank_cap=None):
     return jnp.asarray(w, dtype), jnp.asarray(scale), jnp.float32(tau), a_f, b_f, b
 
 
+def _bound(fn, *args):
+    return lambda: jax.block_until_ready(fn(*args))
+
+
+def _passes(gemv, reps, x, layers):
+    # reps × layers GEMVs per dispatch; x moves a little per pass so nothing is deduplicated
+    return [gemv(x + jnp.asarray(1e-3 * r, x.dtype), lay) for r in range(reps) for lay in layers]
+
+
 def _time(fns, repeats):
     t = interleaved(fns, repeats=repeats, warmup=2)
     return t
@@ -64,14 +75,13 @@ def run(device: str, layers: int, repeats: int, dtype_name: str, reps: int = 1, 
         ws = [jnp.asarray(rng.standard_normal((d_in, d_out), np.float32) / math.sqrt(d_in), dtype)
               for _ in range(layers)]
         def chain(gemv, reps=reps):
-            # reps × layers GEMVs per dispatch; x moves a little per rep so nothing is deduplicated
-            return jax.jit(lambda x, ls: [gemv(x + jnp.asarray(1e-3 * r, x.dtype), l) for r in range(reps) for l in ls])
+            return jax.jit(functools.partial(_passes, gemv, reps))
 
         dense = chain(lambda x, w: x @ w)
-        fns_dense = {"dense": lambda: jax.block_until_ready(dense(x, ws))}
+        fns_dense = {"dense": _bound(dense, x, ws)}
         if gpu:
             pal_dense = chain(lambda x, w: rk.dense_gemv_pallas(x, w, blocks=blocks, interpret=interpret))
-            fns_dense["pallas_dense"] = lambda: jax.block_until_ready(pal_dense(x, ws))
+            fns_dense["pallas_dense"] = _bound(pal_dense, x, ws)
         for s in SPARSITIES:
             for alpha in alphas:
                 lay = [_layer(rng, d_in, d_out, s, alpha, dtype) for _ in range(layers)]
@@ -81,15 +91,15 @@ def run(device: str, layers: int, repeats: int, dtype_name: str, reps: int = 1, 
                     packed = [rk.pack_weights(w, a, b, blocks) for (w, _, _, a, b, _) in lay]
                     args = [(p, sc, t) for p, (_, sc, t, _, _, _) in zip(packed, lay)]
                     pal = chain(lambda x, l: rk.rsparse_gemv_packed(x, *l, blocks=blocks, interpret=interpret))
-                    fns["pallas_rsparse"] = lambda pal=pal, args=args: jax.block_until_ready(pal(x, args))
+                    fns["pallas_rsparse"] = _bound(pal, x, args)
                     if have_triton:
                         tri = chain(lambda x, l: rsparse_gemv_triton(x, *l, blocks=blocks))
-                        fns["triton_rsparse"] = lambda tri=tri, args=args: jax.block_until_ready(tri(x, args))
+                        fns["triton_rsparse"] = _bound(tri, x, args)
                 else:
                     max_kept = min(d_in, int(math.ceil(1.1 * budget.kept)) + 8)
                     gargs = [(w, sc, t, a, b) for (w, sc, t, a, b, _) in lay]
                     gat = chain(lambda x, g, mk=max_kept: rk.rsparse_gemv_gather(x, *g, max_kept=mk))
-                    fns["jnp_gather"] = lambda gat=gat, gargs=gargs: jax.block_until_ready(gat(x, gargs))
+                    fns["jnp_gather"] = _bound(gat, x, gargs)
                 times = _time(fns, repeats)
                 base = times["dense"]
                 for name, t in times.items():
@@ -129,11 +139,15 @@ def main(argv: list[str]) -> None:
     dtype = args.dtype or ("bfloat16" if gpu else "float32")
     shapes = tuple(tuple(int(v) for v in sh.split("x")) for sh in args.shapes.split(",")) if args.shapes else SHAPES
     reps = args.reps or (8 if gpu else 1)
+    load0 = os.getloadavg()[0]
     rows = run(device, layers, repeats, dtype, reps=reps, shapes=shapes, interpret=args.interpret)
+    load1 = os.getloadavg()[0]
     cmd = "bash bench/gpu_rsparse.sh" if gpu else "python -m bench.run_all rsparse"
     text = header("R-Sparse decode GEMV latency (1 token)", cmd)
     text += (f"- device: {device}; dtype {dtype}; {layers} distinct layers × {reps} passes per timed call (one dispatch); {repeats} interleaved "
-             f"repeats; speed-up = median of paired dense/path time ratios\n\n")
+             f"repeats; speed-up = median of paired dense/path time ratios\n"
+             f"- 1-minute load average at start / end: {load0:.1f} / {load1:.1f} on {os.cpu_count()} cores (other jobs "
+             f"running make CPU figures noisy)\n\n")
     text += table(rows)
     write_result(args.out or ("rsparse_bench_gpu.md" if gpu else "rsparse_bench_cpu.md"), text)
 

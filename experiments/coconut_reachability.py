@@ -2,7 +2,8 @@
 
 Trains the one Transformer (gpt2 flavour, 2 layers) from scratch on ProsQA-style graphs in several modes:
   coconut      Coconut stage curriculum (stage k: k thoughts, label = the hop-(k+1) node of an optimal path)
-  bfs_set      Coconut-BFS, Emergence paper: -logsumexp over the nodes within k+1 hops (root included)
+  bfs_frontier Coconut-BFS set loss (Emergence Eq. 6): -logsumexp over the frontier nodes at hop k+1
+  bfs_reachable  the same over all nodes within k+1 hops, root included (the Emergence code's data files)
   bfs_uniform  Coconut-BFS, paper 1 §5.4: one node drawn uniformly from the hop-(k+1) frontier
   cot          discrete CoT: the optimal path as tokens, then [A] c*
   nocot        [A] c* straight after the prompt
@@ -32,14 +33,14 @@ from jaxllm.models import transformer as tfm
 from jaxllm.train import Task, TrainerConfig, train
 from jaxllm.train.run import prepare_run_dir, save_figure, write_summary
 
-MODES = ("coconut", "bfs_set", "bfs_uniform", "cot", "nocot")
+MODES = ("coconut", "bfs_frontier", "bfs_reachable", "bfs_uniform", "cot", "nocot")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     run_dir: str = ""
     seed: int = 0
-    modes: tuple[str, ...] = ("coconut", "bfs_set", "cot", "nocot")
+    modes: tuple[str, ...] = ("coconut", "bfs_frontier", "cot", "nocot")
     graphs: rd.GraphConfig = rd.GraphConfig(min_nodes=6, max_nodes=10, hops=(2, 3), max_edges=16)
     n_train: int = 2000
     n_test: int = 200
@@ -164,7 +165,9 @@ def train_latent(cfg: Config, mode: str, train_set, test_set, run_dir: Path) -> 
         keep = None if (cfg.reset_optimizer or opt_state is None) else opt_state
         task = Task(
             init_params=init,
-            loss_fn=lambda p, b, rng: coconut.latent_loss(mcfg, p, b, rng if cfg.dropout else None, K, P),
+            # only min(stage, K) thought passes: later slots are masked for every sample of this stage
+            loss_fn=lambda p, b, rng, n=min(stage, K): coconut.latent_loss(mcfg, p, b, rng if cfg.dropout else None,
+                                                                          n, P),
             optimizer=_optimizer(cfg, keep),
             batches=_Keys(rd.ProblemBatches(train_set, cfg.batch_size, make, seed=cfg.seed * 1000 + stage),
                           LATENT_KEYS),

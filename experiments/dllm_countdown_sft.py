@@ -30,8 +30,8 @@ class Config:
     seed: int = 0
     n_train: int = 20000
     n_test: int = 256
-    max_number: int = 12  # numbers drawn from 1..max_number
-    max_target: int = 60
+    max_number: int = 6  # numbers drawn from 1..max_number
+    max_target: int = 30
     prompt_len: int = 12
     gen_length: int = 48
     model: common.ModelConfig = common.ModelConfig(d_model=64, n_layers=3, n_heads=4, d_ff=192)

@@ -48,9 +48,9 @@ class Config:
     trainer: TrainerConfig = TrainerConfig(steps=0, log_every=20, checkpoint_every=500)  # steps: 0 = use `steps`
 
     def __post_init__(self):
-        ga.make_group(self.group, self.modulus)  # validates group / modulus
-        ga.split_sizes(self._order(), self.train_fraction)
-        li2.Li2Config(self._order(), self.hidden, self.activation, self.loss, self.top_init_scale)
+        order = ga.make_group(self.group, self.modulus).order  # validates group / modulus
+        n_train, _ = ga.split_sizes(order**2, self.train_fraction)
+        li2.Li2Config(order, self.hidden, self.activation, self.loss, self.top_init_scale)
         check_choice("optimizer", self.optimizer, li2.OPTIMIZERS)
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
@@ -60,14 +60,7 @@ class Config:
         check(self.trainer.steps in (0, self.steps),
               f"set `steps`, not trainer.steps (got trainer.steps={self.trainer.steps}, steps={self.steps})")
         check(0 < self.fourier_threshold <= 1, f"fourier_threshold must be in (0, 1], got {self.fourier_threshold}")
-        if self.batch_size:
-            n_train, _ = ga.split_sizes(self._order() ** 2, self.train_fraction)
-            check(self.batch_size <= n_train, f"batch_size={self.batch_size} exceeds the {n_train} training pairs")
-
-    def _order(self) -> int:
-        if self.group == "cyclic":
-            return self.modulus
-        return ga.make_group(self.group, self.modulus).order
+        check(self.batch_size <= n_train, f"batch_size={self.batch_size} exceeds the {n_train} training pairs")
 
 
 def build(config: Config):

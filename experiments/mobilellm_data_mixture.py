@@ -6,7 +6,8 @@ held-out arithmetic + copy + reverse (like the paper's union of domain probe set
 
 1. θ: train on all sources, each sampled with equal probability (the paper's LOO protocol).
 2. θ_{−j}: the same run without source j, for every j. ΔL_j = probe loss(θ_{−j}) − probe loss(θ) (Eq. 1).
-3. Weights w_j ∝ max(ΔL_j, 0) (+ an optional uniform floor), as Eq. 6 normalises positive impacts.
+3. Weights: per capability c, w_{c,j} ∝ max(ΔL_{c,j}, 0) normalised over sources (as Eq. 6 normalises
+   positive impacts); averaged uniformly over capabilities (Eq. 5's α is uniform over c); optional floor.
 4. Re-mixed run with w vs the uniform run, both evaluated on a *separate* held-out test set drawn from the
    same capability tasks (different seed than the probe set used to choose the weights), over `seeds`.
 
@@ -44,7 +45,7 @@ class Config:
     d_ff: int = 192
     seq_len: int = 64
     batch_size: int = 16
-    steps: int = 250
+    steps: int = 400
     lr: float = 3e-3
     floor: float = 0.0  # uniform share kept in the re-mixed weights
     seeds: int = 2  # seeds for the final uniform-vs-remix comparison (the LOO runs use seed 0)
@@ -122,10 +123,12 @@ def run(c: Config) -> dict:
 
     # 1-2: full uniform run and leave-one-out runs (seed 0), probe loss -> ΔL_j (Eq. 1)
     full = _run(c, "uniform_seed0", names, 0, None, evals, accuracy=True)
-    without = {j: _run(c, f"loo_without_{j}", [n for n in names if n != j], 0, None, evals)["probe"] for j in names}
-    deltas = mixture.loo_deltas(full["probe"], without)
-    # 3: weights from positive impact
-    weights = mixture.weights_from_scores(deltas, c.floor)
+    loo = {j: _run(c, f"loo_without_{j}", [n for n in names if n != j], 0, None, evals) for j in names}
+    deltas = mixture.loo_deltas(full["probe"], {j: r["probe"] for j, r in loo.items()})  # on the mean probe
+    cap_deltas = {t: mixture.loo_deltas(full[f"probe_{t}"], {j: r[f"probe_{t}"] for j, r in loo.items()})
+                  for t in c.probe_names}
+    # 3: weights from positive impact, normalised per capability then averaged over capabilities
+    weights = mixture.weights_from_capability_deltas(cap_deltas, c.floor)
     # 4: re-mixed vs uniform on the separate test set, over seeds
     uniform_test, remix_test, uniform_acc, remix_acc, per_task_u, per_task_r = [], [], [], [], [], []
     for seed in range(c.seeds):
@@ -140,6 +143,7 @@ def run(c: Config) -> dict:
 
     summary = {
         **{f"delta_L/{j}": round(v, 4) for j, v in deltas.items()},
+        **{f"delta_L/{t}/{j}": round(v, 4) for t, d in cap_deltas.items() for j, v in d.items()},
         **{f"weight/{j}": round(v, 4) for j, v in weights.items()},
         "probe_loss_uniform": round(full["probe"], 4),
         "test_loss_uniform": [round(x, 4) for x in uniform_test],

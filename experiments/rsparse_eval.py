@@ -248,8 +248,8 @@ def run(config: Config) -> dict:
 
 
 METHOD_NAMES = {
-    "teal": "TEAL (|x| > τ)",
-    "rsparse_alpha1": "R-Sparse α = 1 (|x·c| > τ, no low rank)",
+    "teal": "TEAL (\\|x\\| > τ)",
+    "rsparse_alpha1": "R-Sparse α = 1 (\\|x·c\\| > τ, no low rank)",
     "rsparse_uniform": "R-Sparse uniform α",
     "rsparse_greedy": "R-Sparse searched α (greedy, per layer)",
     "rsparse_evolutionary": "R-Sparse searched α (evolutionary)",

@@ -41,6 +41,28 @@ def weights_from_scores(scores: Mapping[str, float], floor: float = 0.0) -> dict
     return dict(zip(names, w.tolist()))
 
 
+def weights_from_capability_deltas(deltas: Mapping[str, Mapping[str, float]], floor: float = 0.0) -> dict[str, float]:
+    """Weights from per-capability LOO impacts {capability: {source: ΔL}}.
+
+    Raw ΔL are not comparable across capabilities (a task whose format only one source teaches has a huge
+    ΔL), so each capability's positive impacts are normalised to sum to 1 first and the capabilities are
+    then averaged uniformly (Eq. 5's α is uniform over capabilities). A capability no source helps is
+    skipped; then the uniform `floor` share is mixed in. Sources with ΔL ≤ 0 everywhere get only the floor.
+    """
+    sources = sorted({s for d in deltas.values() for s in d})
+    per_cap = []
+    for cap, d in deltas.items():
+        pos = np.asarray([max(float(d.get(s, 0.0)), 0.0) for s in sources])
+        if pos.sum() > 0:
+            per_cap.append(pos / pos.sum())
+    if not per_cap:
+        if floor == 0.0:
+            raise ValueError(f"no source helps any capability {dict(deltas)}; cannot build weights")
+        return {s: 1.0 / len(sources) for s in sources}
+    w = np.mean(per_cap, axis=0)
+    return weights_from_scores(dict(zip(sources, w.tolist())), floor)
+
+
 def joint_influence(influence_CTN: np.ndarray) -> np.ndarray:
     """Eq. 5: I_joint(x_i) = Σ_c Σ_t α_{c,t} I(x_i; θ_{c,t}) with α_{c,t} ∝ t, uniform over c, Σ α = 1.
 

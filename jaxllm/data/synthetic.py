@@ -7,7 +7,7 @@ Sources (each a function `(rng) -> str` producing one document):
 - `noise`: uniformly random printable characters (useless: nothing to learn).
 - `wrong_arithmetic`: the `arithmetic` format with a systematically wrong trace (every digit sum off by
   one) and the answer that follows from it (harmful: a conflicting rule for the same prompts).
-- `wrong_answers`: copy prompts answered with the reversal and vice versa (harmful, mislabeled).
+- `wrong_answers`: copy / reverse prompts answered with an unrelated random word (harmful, mislabeled).
 
 `generate(source, n, seed)` gives `n` documents as `{"text": ...}` dicts; `generate_sft(source, n, seed)`
 gives `{"prompt": ..., "response": ...}` pairs of the same tasks. Every character is in
@@ -66,11 +66,9 @@ def _sorting(rng):
 
 
 def _wrong_answers(rng):
-    """copy / reverse prompts answered with the other task's answer: mislabeled data for those tasks."""
-    w = _word(rng)
-    if rng.random() < 0.5:
-        return f"copy {w}:", f" {w[::-1]}."
-    return f"reverse {w}:", f" {w}."
+    """copy / reverse prompts answered with an unrelated random word: mislabeled data for those tasks."""
+    w, other = _word(rng), _word(rng)
+    return (f"copy {w}:" if rng.random() < 0.5 else f"reverse {w}:"), f" {other}."
 
 
 _PRINTABLE = [c for c in string.ascii_letters + string.digits + string.punctuation + " "]

@@ -171,3 +171,30 @@ def _to_jnp(tree):
 def node_embeddings(params) -> np.ndarray:
     """[31, D] physical u_v of the node tokens (rows of the tied embedding)."""
     return np.asarray(params["embed"])[: rd.N_NODE_IDS]
+
+
+def oracle_report(n_graphs: int = 300, max_edges: int = 30, seed: int = 11, max_thoughts: int = 4) -> dict:
+    """Run the construction on random graphs with C = hops thoughts: accuracy, Lemma-2 error, answer margin."""
+    import jax
+
+    from jaxllm.models import coconut
+
+    cfg, params = construction(max_edges=max_edges, max_seq_len=rd.prompt_len(max_edges) + max_thoughts + 4)
+    graphs = rd.GraphConfig(min_nodes=8, max_nodes=20, hops=tuple(range(1, max_thoughts + 1)), max_edges=max_edges)
+    probs = rd.generate_problems(n_graphs, graphs, seed=seed)
+    P = rd.prompt_len(max_edges)
+    b = rd.latent_batch(probs, 99, np.random.default_rng(0), max_latent=max_thoughts, max_edges=max_edges,
+                        final_only=True)
+    run = jax.jit(lambda bb: coconut.latent_logits(cfg, params, bb, max_thoughts, P))
+    logits, res = run({k: jnp.asarray(b[k]) for k in ("tokens", "positions", "attention_mask", "read_pos")})
+    logits, thoughts = np.asarray(logits), np.asarray(res.thoughts)
+    U = node_embeddings(params)
+    err = 0.0
+    for i, p in enumerate(probs):
+        for c in range(1, int(b["n_latent"][i]) + 1):
+            Vc = rd.reachable_within(p, c)
+            err = max(err, float(np.abs(thoughts[i, c - 1] - U[Vc].sum(0) / math.sqrt(len(Vc))).max()))
+    top2 = np.sort(logits, -1)[:, -2:]
+    return {"graphs": n_graphs, "d_model": cfg.d_model, "accuracy": float((logits.argmax(-1) == b["target"]).mean()),
+            "lemma2_max_abs_err": err, "min_answer_margin": float((top2[:, 1] - top2[:, 0]).min()),
+            "hops_histogram": np.bincount([p.hops for p in probs]).tolist()}

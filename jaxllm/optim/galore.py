@@ -280,6 +280,8 @@ def scale_by_galore(
                 new = exact_basis(g2, p.rank, p.left, canonical)
             else:
                 new = randomized_basis(a, p.rank, sub, oversample, power_iters, randomized_variant)
+            # An SVD that fails to converge (galore-torch issue #58) must not poison the weights: keep the old basis.
+            new = jnp.where(jnp.all(jnp.isfinite(new)), new, st.projector)
             mu, nu = st.mu.astype(jnp.float32), st.nu.astype(jnp.float32)
             if moments == "reset":
                 mu, nu = jnp.zeros_like(mu), jnp.zeros_like(nu)

@@ -40,6 +40,21 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def _summary_writer_class():
+    """tensorboardX.SummaryWriter, imported without dragging in torch (tensorboardX imports torch when it is
+    installed, only to recognise torch tensors; that costs a second at every start). Torch is hidden just for
+    that import and stays importable afterwards."""
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+        try:
+            import tensorboardX  # noqa: F401
+        finally:
+            del sys.modules["torch"]
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter
+
+
 class MetricsWriter:
     """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard.
 
@@ -52,9 +67,7 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            self._tb = _summary_writer_class()(str(Path(run_dir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> int:
         """Keep rows with step <= `step`; return how many rows were dropped."""

@@ -8,6 +8,7 @@ optional eval / diagnostics functions. Everything else (logging, checkpointing, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, Iterable, NamedTuple, Optional
 
@@ -90,10 +91,25 @@ class TrainResult(NamedTuple):
 
 
 def make_train_step(task: Task, grad_accum: int = 1) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """The pure step: (state, batch) -> (new state, metrics). Accumulates over `grad_accum` micro-batches."""
+    """The pure step: (state, batch) -> (new state, metrics). Accumulates over `grad_accum` micro-batches.
 
+    The same (loss_fn, optimizer, grad_accum) gives the same function object, so jitting it again (a resumed
+    `train` call in the same process) reuses the compiled step.
+    """
+    try:
+        return _cached_step(task.loss_fn, task.optimizer, grad_accum)
+    except TypeError:  # an unhashable optimizer object
+        return _make_step(task.loss_fn, task.optimizer, grad_accum)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_step(loss_fn, optimizer, grad_accum):
+    return _make_step(loss_fn, optimizer, grad_accum)
+
+
+def _make_step(loss_fn, optimizer, grad_accum):
     def grads_of(params, batch, rng):
-        (loss, metrics), grads = jax.value_and_grad(task.loss_fn, has_aux=True)(params, batch, rng)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
         return loss, metrics, grads
 
     def step(state: TrainState, batch: Batch):
@@ -117,7 +133,7 @@ def make_train_step(task: Task, grad_accum: int = 1) -> Callable[[TrainState, Ba
             zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
             total, _ = jax.lax.scan(body, zero, (micro, jnp.arange(grad_accum)))
             loss, metrics, grads = jax.tree.map(lambda x: x / grad_accum, total)
-        updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
         return TrainState(params, opt_state, state.step + 1, state.rng), metrics

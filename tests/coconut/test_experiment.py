@@ -12,12 +12,12 @@ def test_experiment_writes_tables_plots_and_resumes(tmp_path):
     from experiments import coconut_reachability as exp
 
     cfg = apply_overrides(exp.Config(), [
-        f"run_dir={tmp_path}", "modes=coconut,bfs_set,cot,nocot", "n_train=64", "n_test=32", "analysis_samples=16",
+        f"run_dir={tmp_path}", "modes=coconut,bfs_frontier,cot,nocot", "n_train=64", "n_test=32", "analysis_samples=16",
         "first_stage_steps=4", "steps_per_stage=2", "final_extra_steps=2", "d_model=32", "trainer.log_every=2"])
     summary = exp.run(cfg)
-    for mode in ("coconut", "bfs_set", "cot", "nocot"):
+    for mode in ("coconut", "bfs_frontier", "cot", "nocot"):
         assert 0.0 <= summary[f"{mode}/test_acc"] <= 1.0
-    assert "coconut/mu_c1_final" in summary and "bfs_set/mu_c1_final" in summary
+    assert "coconut/mu_c1_final" in summary and "bfs_frontier/mu_c1_final" in summary
     for name in ("layer1_attention_coconut", "inner_products_coconut", "coconut_vs_bfs_inner_products",
                  "mu_logit_over_training"):
         assert (tmp_path / "plots" / f"{name}.png").exists()

@@ -81,7 +81,7 @@ def test_latent_batch_labels_follow_stage_and_mode():
             assert b["n_latent"][i] == 1 and not b["is_final"][i] and b["read_pos"][i] == P
             labels = set(np.nonzero(b["label_set"][i])[0])
             want = {"coconut": set(p.neighbor_k[2]), "bfs_uniform": set(rd.frontier(p, 2)),
-                    "bfs_set": set(rd.reachable_within(p, 2)), "bfs_frontier_set": set(rd.frontier(p, 2))}[mode]
+                    "bfs_reachable": set(rd.reachable_within(p, 2)), "bfs_frontier": set(rd.frontier(p, 2))}[mode]
             assert labels <= want and (len(labels) == 1 if mode in ("coconut", "bfs_uniform") else labels == want)
             assert b["attention_mask"][i, P] and not b["attention_mask"][i, P + 1]
             assert b["positions"][i, -1] == b["positions"][i, P - 1] + 2  # [A] follows the one thought

@@ -39,3 +39,11 @@ def test_group_weights_eq6_length_weighted_mean_influence_per_token():
     assert w == pytest.approx({"math": rho_math / (rho_math + rho_web), "web": rho_web / (rho_math + rho_web),
                                "spam": 0.0})
     np.testing.assert_array_equal(mixture.keep_positive([0.1, -0.2, 0.0]), [True, False, False])
+
+
+def test_capability_weights_normalise_each_capability_then_average():
+    deltas = {"math": {"arith": 2.0, "copy": 0.0, "noise": -0.1},
+              "copying": {"arith": 0.0, "copy": 0.1, "noise": -0.05},
+              "nothing_helps": {"arith": -0.1, "copy": -0.2, "noise": -0.3}}
+    w = mixture.weights_from_capability_deltas(deltas)
+    assert w == pytest.approx({"arith": 0.5, "copy": 0.5, "noise": 0.0})

@@ -31,7 +31,10 @@ def test_copy_and_reverse():
         assert p["response"] == f" {p['prompt'][5:-1]}."
 
 
-def test_wrong_answers_swap_copy_and_reverse():
-    for p in synthetic.generate_sft("wrong_answers", 20):
+def test_wrong_answers_are_unrelated_words():
+    pairs = synthetic.generate_sft("wrong_answers", 200)
+    right = 0
+    for p in pairs:
         task, w = p["prompt"][:-1].split(" ")
-        assert p["response"] == (f" {w[::-1]}." if task == "copy" else f" {w}.")
+        right += p["response"] == (f" {w}." if task == "copy" else f" {w[::-1]}.")
+    assert right <= 2  # only by chance

@@ -142,8 +142,8 @@ def test_stratified_has_lower_variance_than_random_t(toy):
     table, logp = toy
     fn = table_model(table)
     ans = jnp.broadcast_to(jnp.asarray(ANSWER), SEQS.shape)
-    s = _replicates(lambda k: diffusion.elbo_stratified(fn, k, jnp.asarray(SEQS), ans, MASK, 4))
-    r = _replicates(lambda k: diffusion.elbo_random_t(fn, k, jnp.asarray(SEQS), ans, MASK, 4, eps=1e-3))
+    s = _replicates(lambda k: diffusion.elbo_stratified(fn, k, jnp.asarray(SEQS), ans, MASK, 4), R=256)
+    r = _replicates(lambda k: diffusion.elbo_random_t(fn, k, jnp.asarray(SEQS), ans, MASK, 4, eps=1e-3), R=256)
     assert np.all(s.var(0) < r.var(0))
 
 
@@ -255,7 +255,7 @@ def test_elbo_never_above_exact_loglik(toy):
     _assert_converges(samples, exact, max_se=0.05)
 
 
-@pytest.mark.parametrize("normalisation", ["llada", "d1"])
+@pytest.mark.parametrize("normalisation", ["llada", pytest.param("d1", marks=pytest.mark.slow)])
 def test_sft_loss_matches_numpy_and_never_masks_prompt(normalisation):
     cfg = get_preset("tiny_llada", vocab_size=16, mask_token_id=15, d_model=32, n_layers=1, d_ff=64)
     params = init_params(cfg, jax.random.PRNGKey(0))
@@ -293,8 +293,8 @@ def test_shared_masks_make_model_differences_low_variance(toy):
     a, b = table_model(table), table_model(table + 0.05 * np.random.default_rng(5).normal(size=table.shape))
     ans = jnp.broadcast_to(jnp.asarray(ANSWER), SEQS.shape)
     est = lambda fn, k: diffusion.elbo_stratified(fn, k, jnp.asarray(SEQS), ans, MASK, 2)  # noqa: E731
-    shared = _replicates(lambda k: est(a, k) - est(b, k), R=256)
-    indep = _replicates(lambda k: est(a, k) - est(b, jax.random.fold_in(k, 1)), R=256)
+    shared = _replicates(lambda k: est(a, k) - est(b, k), R=128)
+    indep = _replicates(lambda k: est(a, k) - est(b, jax.random.fold_in(k, 1)), R=128)
     assert np.all(shared.var(0) * 20 < indep.var(0))
     np.testing.assert_array_equal(np.asarray(est(a, jax.random.PRNGKey(0))), np.asarray(est(a, jax.random.PRNGKey(0))))
 

@@ -16,8 +16,12 @@ from jaxllm.train.lm import eval_loss, lm_task, next_token_loss
 CFG = get_preset("tiny_mobilellm", vocab_size=128, n_layers=1)
 
 
+_logits = jax.jit(lambda p, t: tfm.forward(CFG, p, t).logits)
+_loss = jax.jit(lambda p, b: next_token_loss(CFG, p, b))
+
+
 def _doc_nll(params, doc):
-    logits = tfm.forward(CFG, params, jnp.asarray(doc[None, :-1])).logits
+    logits = _logits(params, jnp.asarray(doc[None, :-1]))
     logp = jax.nn.log_softmax(logits, -1)[0]
     return -np.asarray(logp[np.arange(len(doc) - 1), doc[1:]])
 
@@ -28,7 +32,7 @@ def test_packed_loss_equals_separate_documents():
     docs = [rng.integers(3, 128, size=n).astype(np.int32) for n in (5, 7, 4)]
     packed, _ = P.pack_examples([(d, np.ones(len(d), np.float32)) for d in docs], seq_len=16)
     batch = {k: jnp.asarray(v) for k, v in packed.items()}
-    loss, metrics = next_token_loss(CFG, params, batch)
+    loss, metrics = _loss(params, batch)
     want = np.concatenate([_doc_nll(params, d) for d in docs])
     assert float(metrics["tokens"]) == len(want)
     np.testing.assert_allclose(float(loss), want.mean(), rtol=1e-5)
@@ -38,8 +42,8 @@ def test_masked_tokens_carry_no_gradient_signal():
     params = init_params(CFG, jax.random.PRNGKey(0))
     tokens = jnp.asarray(np.random.default_rng(1).integers(3, 128, size=(2, 9)), jnp.int32)
     mask = jnp.asarray(np.r_[np.zeros(5), np.ones(4)][None].repeat(2, 0), jnp.float32)
-    base = next_token_loss(CFG, params, {"tokens": tokens, "loss_mask": mask})[0]
-    logits = tfm.forward(CFG, params, tokens[:, :-1]).logits
+    base = _loss(params, {"tokens": tokens, "loss_mask": mask})[0]
+    logits = _logits(params, tokens[:, :-1])
     nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), tokens[:, 1:, None], -1)[..., 0]
     np.testing.assert_allclose(float(base), float(nll[:, 4:].mean()), rtol=1e-6)
 

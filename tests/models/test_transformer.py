@@ -14,7 +14,7 @@ def test_every_tiny_preset_runs_with_hidden_states(name):
     cfg = get_preset(name)
     params = init_params(cfg, jax.random.PRNGKey(0))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 7)), jnp.int32)
-    out = tfm.forward(cfg, params, tokens, return_layer_hiddens=True, return_attention=True)
+    out = jax.jit(lambda p, t: tfm.forward(cfg, p, t, return_layer_hiddens=True, return_attention=True))(params, tokens)
     assert out.logits.shape == (2, 7, cfg.vocab_size) and out.hidden.shape == (2, 7, cfg.d_model)
     assert len(out.layer_hiddens) == cfg.n_layers + 1 and np.isfinite(np.asarray(out.logits)).all()
 
@@ -23,7 +23,7 @@ def test_causal_model_output_depends_only_on_the_past():
     cfg = get_preset("tiny_mobilellm")
     params = init_params(cfg, jax.random.PRNGKey(1))
     emb = jax.random.normal(jax.random.PRNGKey(2), (1, 6, cfg.d_model))
-    jac = jax.jacobian(lambda e: tfm.forward(cfg, params, input_embeds=e).hidden[0, 2].sum())(emb)
+    jac = jax.jit(jax.jacobian(lambda e: tfm.forward(cfg, params, input_embeds=e).hidden[0, 2].sum()))(emb)
     assert float(jnp.abs(jac[0, 3:]).max()) == 0.0 and float(jnp.abs(jac[0, :3]).max()) > 0
 
 
@@ -31,13 +31,14 @@ def test_kv_cache_decode_matches_full_forward():
     cfg = get_preset("tiny_mobilellm")
     params = init_params(cfg, jax.random.PRNGKey(0))
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 9)), jnp.int32)
-    full = tfm.forward(cfg, params, tokens).logits
+    full = jax.jit(lambda p, t: tfm.forward(cfg, p, t).logits)(params, tokens)
+    step = jax.jit(lambda p, t, c, i: tfm.forward(cfg, p, t, cache=c, cache_index=i))
     cache = tfm.init_cache(cfg, 2, 16)
-    out = tfm.forward(cfg, params, tokens[:, :4], cache=cache, cache_index=0)
+    out = step(params, tokens[:, :4], cache, 0)
     steps = [out.logits]
     cache = out.cache
     for t in range(4, 9):
-        out = tfm.forward(cfg, params, tokens[:, t:t + 1], cache=cache, cache_index=t)
+        out = step(params, tokens[:, t:t + 1], cache, t)
         cache = out.cache
         steps.append(out.logits)
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
@@ -49,16 +50,18 @@ def test_segment_ids_isolate_packed_documents():
     a = jnp.asarray([[5, 6, 7]], jnp.int32)
     b = jnp.asarray([[8, 9]], jnp.int32)
     packed = jnp.concatenate([a, b], 1)
-    out = tfm.forward(cfg, params, packed, segment_ids=jnp.asarray([[1, 1, 1, 2, 2]]),
-                      positions=jnp.asarray([[0, 1, 2, 0, 1]])).logits
-    want = jnp.concatenate([tfm.forward(cfg, params, a).logits, tfm.forward(cfg, params, b).logits], 1)
+    fwd = jax.jit(lambda p, t, s, q: tfm.forward(cfg, p, t, segment_ids=s, positions=q).logits)
+    out = fwd(params, packed, jnp.asarray([[1, 1, 1, 2, 2]]), jnp.asarray([[0, 1, 2, 0, 1]]))
+    want = jnp.concatenate([fwd(params, a, jnp.ones_like(a), jnp.arange(3)[None]),
+                            fwd(params, b, jnp.ones_like(b), jnp.arange(2)[None])], 1)
     np.testing.assert_allclose(out, want, atol=1e-5)
 
 
 def test_interleaved_and_half_rope_differ():
     x = jax.random.normal(jax.random.PRNGKey(0), (1, 3, 2, 8))
     pos = jnp.arange(3)[None]
-    half, inter = tfm.rope(x, pos, 1e4, "half"), tfm.rope(x, pos, 1e4, "interleaved")
+    rope = jax.jit(tfm.rope, static_argnums=(2, 3))
+    half, inter = rope(x, pos, 1e4, "half"), rope(x, pos, 1e4, "interleaved")
     assert float(jnp.abs(half - inter).max()) > 1e-2
     # both are rotations: norms of every pair are kept
     np.testing.assert_allclose(jnp.linalg.norm(inter, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)

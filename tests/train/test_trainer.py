@@ -31,6 +31,7 @@ from jaxllm.train.metrics import read_metrics
 from tests.train.helpers import regression_task, strip_perf
 
 CFG = TrainerConfig(steps=12, log_every=2, eval_every=4, checkpoint_every=4, keep_checkpoints=3, progress=False)
+TASK = regression_task()  # one Task object for all runs below: its jitted init/step compile once per process
 
 
 def _steps(run_dir) -> list[int]:
@@ -45,7 +46,7 @@ def _ckpt_steps(run_dir) -> list[int]:
 def reference(tmp_path_factory):
     """An uninterrupted 12-step run."""
     run_dir = tmp_path_factory.mktemp("ref")
-    result = train(CFG, regression_task(), str(run_dir))
+    result = train(CFG, TASK, str(run_dir))
     return run_dir, result
 
 
@@ -65,7 +66,7 @@ def test_layout_and_one_row_per_log_step(reference):
 def prefix(tmp_path_factory):
     """The first 8 steps of the same run (copied by each test that continues it)."""
     run_dir = tmp_path_factory.mktemp("prefix")
-    train(dataclasses.replace(CFG, steps=8), regression_task(), str(run_dir))
+    train(dataclasses.replace(CFG, steps=8), TASK, str(run_dir))
     return run_dir
 
 
@@ -74,7 +75,7 @@ def test_resume_extends_bit_for_bit(reference, prefix, tmp_path):
     ref_dir, _ = reference
     tmp_path = tmp_path / "run"
     shutil.copytree(prefix, tmp_path)
-    result = train(CFG, regression_task(), str(tmp_path))
+    result = train(CFG, TASK, str(tmp_path))
     assert result.resumed_from == 8
     assert strip_perf(read_metrics(tmp_path / "metrics.jsonl")) == strip_perf(read_metrics(ref_dir / "metrics.jsonl"))
 
@@ -103,7 +104,7 @@ def test_corrupt_latest_checkpoint_uses_previous(reference, prefix, tmp_path, da
     victim.write_bytes(bytes(raw))
 
     with pytest.warns(CorruptCheckpointWarning, match=r"checkpoints/8\b"):
-        result = train(CFG, regression_task(), str(tmp_path))
+        result = train(CFG, TASK, str(tmp_path))
     assert result.resumed_from == 4
     assert result.corrupt_checkpoints == [str(tmp_path / "checkpoints" / "8")]
     moved = glob.glob(str(tmp_path / "checkpoints" / "corrupt-8-*"))

@@ -233,7 +233,7 @@ def decode(tokens) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # Batches in the static layout of `jaxllm.models.coconut` (left-padded prompts, K latent slots, then [A]).
 
-LABEL_MODES = ("coconut", "bfs_uniform", "bfs_set", "bfs_frontier_set")
+LABEL_MODES = ("coconut", "bfs_uniform", "bfs_frontier", "bfs_reachable")
 
 
 def prompt_len(max_edges: int) -> int:
@@ -245,15 +245,16 @@ def _label_set(p: Problem, s: int, mode: str, rng: np.random.Generator) -> np.nd
     """Multi-hot [V] supervision for the thought generated after s latents (hop s + 1), before the answer.
 
     coconut: one node drawn from neighbor_k[s+1] (an optimal path; paper 1 code); bfs_uniform: one node
-    drawn uniformly from the frontier at hop s+1 (paper 1 §5.4); bfs_set: the set of nodes within s+1 hops,
-    root included (Emergence code data); bfs_frontier_set: the set of nodes exactly s+1 hops away.
+    drawn uniformly from the frontier at hop s+1 (paper 1 §5.4); bfs_frontier: the set of nodes exactly s+1
+    hops away (the set loss of the issue / Emergence Eq. 6); bfs_reachable: the set of nodes within s+1 hops,
+    root included (the Emergence code's data files; predicting the root alone then satisfies every stage).
     """
     out = np.zeros(VOCAB_SIZE, np.float32)
     if mode == "coconut":
         out[rng.choice(p.neighbor_k[s + 1])] = 1
     elif mode == "bfs_uniform":
         out[rng.choice(frontier(p, s + 1))] = 1
-    elif mode == "bfs_set":
+    elif mode == "bfs_reachable":
         out[reachable_within(p, s + 1)] = 1
     else:
         out[frontier(p, s + 1)] = 1
