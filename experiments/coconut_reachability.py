@@ -157,7 +157,8 @@ def train_latent(cfg: Config, mode: str, train_set, test_set, run_dir: Path) -> 
         if stage == stages[-1]:
             steps += cfg.final_extra_steps
         if mode == "nocot":
-            steps = cfg.baseline_steps or (cfg.first_stage_steps + K * cfg.steps_per_stage + cfg.final_extra_steps)
+            steps = cfg.baseline_steps or (cfg.first_stage_steps + cfg.max_latent * cfg.steps_per_stage
+                                           + cfg.final_extra_steps)
         make = (lambda ps, rng, st=stage: rd.latent_batch(
             ps, 99 if mode == "nocot" else st, rng, max_latent=K, max_edges=cfg.graphs.max_edges, mode=label_mode,
             uniform_prob=cfg.uniform_prob, relabel=cfg.relabel))

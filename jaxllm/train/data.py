@@ -42,7 +42,10 @@ def minibatches(arrays: Any, batch_size: int, seed: int, shuffle: bool = True) -
     if shuffle:
         ds = ds.seed(seed).shuffle()
     ds = ds.repeat(None).batch(batch_size, drop_remainder=True)
-    return ds.map(lambda idx: jax.tree.map(lambda x: x[np.asarray(idx)], host)).to_iter_dataset()
+    ds = ds.map(lambda idx: jax.tree.map(lambda x: x[np.asarray(idx)], host))
+    # In-memory gathers are cheap: no read-ahead threads (grain's default prefetches 500 elements with 16
+    # threads, which only burns CPU here and keeps going past the step a run stops at).
+    return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
 
 
 def batches_or_none(arrays: Any, batch_size: int, seed: int) -> Optional[grain.IterDataset]:

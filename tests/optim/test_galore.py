@@ -15,7 +15,7 @@ from jaxllm.config import ConfigError
 from jaxllm.optim import galore as gl
 
 # Parameters and gradients are standard normal (|w| up to ~4); 7 steps in fp32 through two LAPACK builds.
-PARITY_ATOL = 1e-5
+PARITY_ATOL = 2e-5
 
 
 def _canonical_torch_svd(monkeypatch):
