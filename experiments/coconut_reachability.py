@@ -59,6 +59,7 @@ class Config:
     reset_optimizer: bool = True
     relabel: bool = False  # Emergence `shuffle_nodes`: fresh node ids per sample and epoch
     analysis_samples: int = 128
+    analyze_only: bool = False  # skip training; analyse <run_dir>/<mode>/ of earlier runs
     trainer: TrainerConfig = TrainerConfig(log_every=50, checkpoint_every=500, progress=False)
 
     def __post_init__(self):
@@ -152,13 +153,7 @@ def train_latent(cfg: Config, mode: str, train_set, test_set, run_dir: Path) -> 
 
     stages = [0] if mode == "nocot" else list(range(K + 1))
     params, opt_state, rows, offset = None, None, [], 0
-    for stage in stages:
-        steps = cfg.first_stage_steps if stage == 0 else cfg.steps_per_stage
-        if stage == stages[-1]:
-            steps += cfg.final_extra_steps
-        if mode == "nocot":
-            steps = cfg.baseline_steps or (cfg.first_stage_steps + cfg.max_latent * cfg.steps_per_stage
-                                           + cfg.final_extra_steps)
+    for stage, steps in zip(stages, stage_steps(cfg, mode)):
         make = (lambda ps, rng, st=stage: rd.latent_batch(
             ps, 99 if mode == "nocot" else st, rng, max_latent=K, max_edges=cfg.graphs.max_edges, mode=label_mode,
             uniform_prob=cfg.uniform_prob, relabel=cfg.relabel))
@@ -220,8 +215,7 @@ def train_cot(cfg: Config, train_set, test_set, run_dir: Path) -> tuple[dict, li
         return {"test_acc": float(np.mean(cot_answers(out) == test_b["target"]))}
 
     make = lambda ps, rng: rd.cot_batch(ps, rng, max_edges=cfg.graphs.max_edges, max_hops=hops, relabel=cfg.relabel)
-    steps = cfg.baseline_steps or (cfg.first_stage_steps + cfg.max_latent * cfg.steps_per_stage
-                                   + cfg.final_extra_steps)
+    steps = stage_steps(cfg, "cot")[0]
     task = Task(init_params=lambda key: tfm.init_params(mcfg, key),
                 loss_fn=lambda p, b, rng: coconut.token_loss(mcfg, p, b, rng if cfg.dropout else None),
                 optimizer=_optimizer(cfg), eval_fn=eval_fn,
@@ -263,8 +257,8 @@ def latent_analysis(cfg: Config, params, test_set) -> dict:
         p_dist, valid = ana["dist"][b], ana["edge_valid"][b]
         src, tgt, epos = ana["edge_src"][b][valid], ana["edge_tgt"][b][valid], ana["edge_pos"][b][valid]
         nk = _neighbor_sets(test_set[b])
-        # layer-1 copy heads: mass from each `|` to its own source and target, summed over heads
-        copy_mass.append(float(np.mean(probs1[b].sum(0)[epos, epos - 2] + probs1[b].sum(0)[epos, epos - 1])))
+        # layer-1 copy heads: mass from each `|` to its own source and target, averaged over heads
+        copy_mass.append(float(np.mean(probs1[b].mean(0)[epos, epos - 2] + probs1[b].mean(0)[epos, epos - 1])))
         hops = test_set[b].hops
         for i in range(1, min(hops, K) + 1):
             q = P - 2 + i  # the position generating thought i (its input holds thought i-1)
@@ -394,20 +388,53 @@ def load_params(path) -> dict:
     return out
 
 
+def stage_steps(cfg: Config, mode: str) -> list[int]:
+    """Steps of each `train` call of a mode (one per curriculum stage; one for cot / nocot)."""
+    total = cfg.first_stage_steps + cfg.max_latent * cfg.steps_per_stage + cfg.final_extra_steps
+    if mode in ("cot", "nocot"):
+        return [cfg.baseline_steps or total]
+    return [cfg.first_stage_steps] + [cfg.steps_per_stage] * (cfg.max_latent - 1) + [
+        cfg.steps_per_stage + cfg.final_extra_steps]
+
+
+def read_rows(cfg: Config, run_dir: Path, mode: str) -> list:
+    """Metric rows of a finished mode from its metrics.jsonl files, with global steps."""
+    from jaxllm.train.metrics import read_metrics
+
+    if mode == "cot":
+        return [{**r, "global_step": r["step"], "stage": 0} for r in read_metrics(run_dir / "cot" / "metrics.jsonl")]
+    rows, offset = [], 0
+    for stage, steps in enumerate(stage_steps(cfg, mode)):
+        for r in read_metrics(run_dir / mode / f"stage_{stage}" / "metrics.jsonl"):
+            rows.append({**r, "global_step": offset + r["step"], "stage": stage})
+        offset += steps
+    return rows
+
+
 def run(config: Config) -> dict:
+    """Train every mode (unless `analyze_only`), then write tables, plots and the summary from the run dir."""
     run_dir = prepare_run_dir(config.run_dir, config)
     train_set, _, test_set = rd.split_problems(config.n_train, 0, config.n_test, config.graphs, seed=config.seed)
+    if not config.analyze_only:
+        for mode in config.modes:
+            if mode == "cot":
+                train_cot(config, train_set, test_set, run_dir)
+            else:
+                params, _ = train_latent(config, mode, train_set, test_set, run_dir)
+                save_params(run_dir / mode / "final_params.npz", params)
+    return analyze(config, run_dir, test_set)
+
+
+def analyze(config: Config, run_dir: Path, test_set) -> dict:
+    """Analyses of the trained modes found in `run_dir` (<mode>/final_params.npz and metrics.jsonl files)."""
     summary, analyses, rows, tables = {}, {}, {}, {}
     for mode in config.modes:
-        if mode == "cot":
-            params, rows[mode] = train_cot(config, train_set, test_set, run_dir)
-        else:
-            params, rows[mode] = train_latent(config, mode, train_set, test_set, run_dir)
-            save_params(run_dir / mode / "final_params.npz", params)
-            if mode != "nocot":
-                analyses[mode] = latent_analysis(config, params, test_set)
-                tables[mode] = tables_markdown(analyses[mode], config.max_latent)
-                summary[f"{mode}/layer1_copy_mass"] = analyses[mode]["copy_mass"]
+        rows[mode] = read_rows(config, run_dir, mode)
+        if mode not in ("cot", "nocot"):
+            params = load_params(run_dir / mode / "final_params.npz")
+            analyses[mode] = latent_analysis(config, params, test_set)
+            tables[mode] = tables_markdown(analyses[mode], config.max_latent)
+            summary[f"{mode}/layer1_copy_mass"] = analyses[mode]["copy_mass"]
         accs = [r for r in rows[mode] if "eval/test_acc" in r]
         summary[f"{mode}/test_acc"] = accs[-1]["eval/test_acc"]
         if "eval/test_acc_candidates" in accs[-1]:

@@ -153,6 +153,7 @@ def run(config: Config) -> dict:
     summary = summarise(config, rows)
     summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
     plot_phase_diagram(str(run_dir), config, rows)
+    (run_dir / "phase_table.md").write_text(phase_table(config, rows))
     write_summary(str(run_dir), summary, title="Li2 phase diagram")
     return summary
 
@@ -162,26 +163,30 @@ def mean_test_accuracy(rows: list[dict], m: int, f: float) -> float:
 
 
 def summarise(config: Config, rows: list[dict]) -> dict:
-    """Per modulus: the predicted boundary and the smallest swept fraction whose mean test accuracy ≥ 0.95."""
-    boundary = {}
+    """Flat headline figures per modulus: the predicted boundary p*, the smallest swept fraction whose mean test
+    accuracy ≥ 0.95 and the largest one below 0.5 (the full grid goes to phase_table.md)."""
+    summary: dict = {"runs": len(rows)}
+    above = [r["test_accuracy"] for r in rows if r["train_fraction"] > r["critical_train_fraction"]]
+    below = [r["test_accuracy"] for r in rows if r["train_fraction"] < r["critical_train_fraction"]]
+    summary["mean_test_accuracy_above_boundary"] = round(float(np.mean(above)), 4) if above else None
+    summary["mean_test_accuracy_below_boundary"] = round(float(np.mean(below)), 4) if below else None
     for m in config.moduli:
         fr = sorted(config.fractions(m))
         acc = [mean_test_accuracy(rows, m, f) for f in fr]
-        generalising = [f for f, a in zip(fr, acc) if a >= GROK_THRESHOLD]
-        boundary[str(m)] = {
-            "predicted": round(ga.critical_train_fraction(m), 4),
-            "smallest_generalising_fraction": generalising[0] if generalising else None,
-            "largest_memorising_fraction": max([f for f, a in zip(fr, acc) if a < 0.5], default=None),
-            "mean_test_accuracy": {str(f): round(a, 4) for f, a in zip(fr, acc)},
-        }
-    above = [r["test_accuracy"] for r in rows if r["train_fraction"] > r["critical_train_fraction"]]
-    below = [r["test_accuracy"] for r in rows if r["train_fraction"] < r["critical_train_fraction"]]
-    return {
-        "runs": len(rows),
-        "mean_test_accuracy_above_boundary": round(float(np.mean(above)), 4) if above else None,
-        "mean_test_accuracy_below_boundary": round(float(np.mean(below)), 4) if below else None,
-        "boundary": boundary,
-    }
+        summary[f"M{m}_predicted_fraction"] = round(ga.critical_train_fraction(m), 4)
+        summary[f"M{m}_smallest_generalising_fraction"] = next((f for f, a in zip(fr, acc) if a >= GROK_THRESHOLD), None)
+        summary[f"M{m}_largest_memorising_fraction"] = max((f for f, a in zip(fr, acc) if a < 0.5), default=None)
+    return summary
+
+
+def phase_table(config: Config, rows: list[dict]) -> str:
+    """Markdown grid of mean test accuracy: one row per modulus, one column per fraction."""
+    lines = ["| M | p* | " + " | ".join(f"fraction {i + 1}" for i in range(len(config.fractions(config.moduli[0]))))
+             + " |", "|---" * (2 + len(config.fractions(config.moduli[0]))) + "|"]
+    for m in config.moduli:
+        cells = [f"{f}: {mean_test_accuracy(rows, m, f):.2f}" for f in sorted(config.fractions(m))]
+        lines.append(f"| {m} | {ga.critical_train_fraction(m):.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_phase_diagram(run_dir: str, config: Config, rows: list[dict]) -> None:

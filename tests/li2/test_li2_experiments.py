@@ -21,7 +21,7 @@ def test_li2_groks_on_z23_and_writes_run_dir_and_resumes(tmp_path):
     cfg = li2_grokking.Config(run_dir=str(run_dir), **FAST)
     summary = li2_grokking.run(cfg)
     # Above the boundary (0.5 > 0.375 for Z_23) with weight decay: memorise first, then generalise.
-    assert summary["train_accuracy"] == 1.0
+    assert summary["train_accuracy"] >= 0.999
     assert summary["test_accuracy"] >= 0.95
     assert summary["grok_step"] is not None and summary["memorise_step"] <= summary["grok_step"]
     assert summary["n_frequencies_covered"] == 11 == len(summary["frequencies_covered"])
@@ -77,20 +77,22 @@ def test_no_grokking_without_weight_decay(tmp_path):
     cfg = li2_grokking.Config(run_dir=str(tmp_path / "wd0"), weight_decay=0.0, steps=2000,
                               trainer=TrainerConfig(steps=0, log_every=100, checkpoint_every=1000, progress=False))
     summary = li2_grokking.run(cfg)
-    assert summary["train_accuracy"] == 1.0 and summary["grok_step"] is None and summary["test_accuracy"] < 0.2
+    assert summary["train_accuracy"] >= 0.999 and summary["grok_step"] is None and summary["test_accuracy"] < 0.2
 
 
 def test_phase_diagram_tiny_grid_separates_memorisation_and_generalisation(tmp_path):
     cfg = li2_phase_diagram.Config(moduli=(17,), fraction_scales=(0.5, 2.0), seeds=2, hidden=128, lr=1e-2,
                                    steps=600, eval_every=100, run_dir=str(tmp_path / "pd"))
     summary = li2_phase_diagram.run(cfg)
-    acc = summary["boundary"]["17"]["mean_test_accuracy"]
-    fractions = sorted(acc, key=float)
-    assert acc[fractions[0]] < 0.3 and acc[fractions[1]] >= 0.95
+    rows = [json.loads(x) for x in (tmp_path / "pd" / "results.jsonl").read_text().splitlines()]
+    low, high = sorted({r["train_fraction"] for r in rows})
+    assert max(r["test_accuracy"] for r in rows if r["train_fraction"] == low) < 0.3
+    assert min(r["test_accuracy"] for r in rows if r["train_fraction"] == high) >= 0.95
+    assert summary["M17_smallest_generalising_fraction"] == high and summary["M17_largest_memorising_fraction"] == low
+    assert (tmp_path / "pd" / "phase_table.md").is_file()
     assert (tmp_path / "pd" / "plots" / "phase_diagram.png").is_file()
-    rows = (tmp_path / "pd" / "results.jsonl").read_text().splitlines()
     assert len(rows) == 4
     # rerun skips the finished modulus (resume) and gives the same summary
     again = li2_phase_diagram.run(cfg)
-    assert again["boundary"] == summary["boundary"]
+    assert {k: v for k, v in again.items() if k != "wall_time_s"} == {k: v for k, v in summary.items() if k != "wall_time_s"}
     assert len((tmp_path / "pd" / "results.jsonl").read_text().splitlines()) == 4
