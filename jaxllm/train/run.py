@@ -44,7 +44,9 @@ def prepare_run_dir(run_dir: str, config: Any) -> Path:
                 f"{run_dir} holds a run with a different config ({', '.join(diff)}); "
                 "use another run_dir or the same settings to resume"
             )
-    cfg_file.write_text(json.dumps(cfg, indent=2) + "\n")
+    tmp = cfg_file.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(cfg, indent=2) + "\n")
+    os.replace(tmp, cfg_file)  # atomic: a run killed here leaves the old or the new file, never half of one
     return path
 
 

@@ -174,7 +174,7 @@ def log_line(total: int) -> Callable[[int, dict], None]:
     """Hook printing one line per log step (used instead of the tqdm bar when stderr is not a terminal)."""
 
     def hook(step: int, row: dict) -> None:
-        shown = {k: v for k, v in row.items() if k == "loss" or k.startswith("eval/")}
+        shown = {k: v for k, v in row.items() if k == "loss" or k.startswith("eval/") or k.endswith("accuracy")}
         parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items()]
         rate = row.get("perf/steps_per_s")
         print(f"step {step}/{total}  " + "  ".join(parts) + (f"  {rate:.3g} steps/s" if rate else ""), flush=True)

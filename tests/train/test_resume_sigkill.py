@@ -4,11 +4,14 @@ parameters to an uninterrupted run, with no duplicated or missing step in metric
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from jaxllm.train import train
 from jaxllm.train.checkpoint import fingerprint
@@ -68,3 +71,24 @@ def test_sigkill_then_restart_equals_uninterrupted(tmp_path):
     assert f"FINGERPRINT {fingerprint(reference.state)}" in out  # final params/opt state/RNG identical
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["35", "40"]  # tmp dirs cleaned up
     assert not Path(run_dir, "metrics.jsonl.tmp").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments(tmp_path):
+    """Five kills at random moments (seeded), some before the first checkpoint, some during async saves."""
+    reference = train(RESUME_CFG, regression_task(), str(tmp_path / "reference"))
+    run_dir = tmp_path / "killed"
+    rng = random.Random(0)
+    for _ in range(5):
+        proc = _child(run_dir, SLEEP=0.02)
+        time.sleep(rng.uniform(2.0, 8.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        if proc.returncode == 0:  # it finished before this kill came
+            break
+    proc = _child(run_dir)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    rows = strip_perf(read_metrics(run_dir / "metrics.jsonl"))
+    assert rows == strip_perf(reference.history)
+    assert f"FINGERPRINT {fingerprint(reference.state)}" in out
