@@ -12,6 +12,7 @@ so > 1 means we are faster), median and range. Run: `python -m bench.run_all dec
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -149,6 +150,7 @@ def main(argv: list[str]) -> None:
     rows: list = []
     infos = []
     t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
     tiny = get_preset("tiny_mobilellm", vocab_size=256, max_seq_len=1024)
     big = get_preset("mobilellm_r1_140m", max_seq_len=4096)
     infos.append(bench_shape("tiny (D=64, L=2)", tiny, batch=8, seq=128, decode_prompt=16, decode_new=64, rows=rows))
@@ -163,7 +165,8 @@ def main(argv: list[str]) -> None:
     text += (f"torch {torch.__version__} ({threads}), transformers Llama4ForCausalLM with the same "
              f"config (sdpa attention); torch.optim.AdamW vs optax.adamw, same betas/eps/weight decay. "
              f"{REPEATS} interleaved repeats after a warm-up; tokens/s from the median; speed-up = torch time / our "
-             f"time per repeat (> 1: we are faster), median (min–max). Total wall {wall:.0f} s.\n\n")
+             f"time per repeat (> 1: we are faster), median (min–max). Total wall {wall:.0f} s. 1-min load average "
+             f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end on {os.cpu_count()} cores.\n\n")
     text += "| shape | measurement | jaxllm tokens/s | torch tokens/s | speed-up |\n|---|---|---|---|---|\n"
     text += "".join(f"| {a} | {b} | {c} | {d} | {e} |\n" for a, b, c, d, e in rows)
     text += "\n" + "\n".join(f"- {i}" for i in infos) + "\n"

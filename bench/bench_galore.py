@@ -67,7 +67,7 @@ def memory_section(cases=(("mobilellm_r1_140m", (64, 128)), ("mobilellm_r1_950m"
              "|---|---|---|---|---|---|---|"]
     for name, ranks in cases:
         cfg = presets.get_preset(name)
-        params = jax.eval_shape(lambda: tfm.init_params(cfg, jax.random.PRNGKey(0)))
+        params = jax.eval_shape(lambda c=cfg: tfm.init_params(c, jax.random.PRNGKey(0)))
         n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
         adamw = _bytes(jax.eval_shape(optax.adamw(1e-3).init, params))
         labels = jax.tree.leaves(build.transformer_labels(params))
@@ -164,7 +164,7 @@ def timing_section(shapes, ranks, repeats, refresh_repeats, torch_device, with_t
             t2 = interleaved(dear, repeats=refresh_repeats, warmup=1)
             t = {**t1, **t2}
             raw.append(((m, n), r, t))
-            tor = (lambda k: _ms(t[k]) if k in t else "–")
+            tor = (lambda k, t=t: _ms(t[k]) if k in t else "–")
             rows.append(
                 f"| {m}×{n} | {r} | {_ms(t['jax adamw'])} | {_ms(t['jax galore (no refresh)'])} | "
                 f"{fmt_ratio(t['jax galore (no refresh)'], t['jax adamw'])} | {tor('torch adamw')} | "

@@ -260,7 +260,7 @@ def test_projector_refreshes_only_every_T_steps(stagger):
     key = jax.random.PRNGKey(1)
     for count in range(10):
         key, sub = jax.random.split(key)
-        grads = jax.tree.map(lambda x: jax.random.normal(jax.random.fold_in(sub, x.size), x.shape), params)
+        grads = jax.tree.map(lambda x, k=sub: jax.random.normal(jax.random.fold_in(k, x.size), x.shape), params)
         before = jax.tree.map(lambda s: s, state.leaves)
         _, state = step(grads, state)
         for n in names:

@@ -75,17 +75,23 @@ def test_sigkill_then_restart_equals_uninterrupted(tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_at_random_moments(tmp_path):
-    """Five kills at random moments (seeded), some before the first checkpoint, some during async saves."""
+    """Five kills at seeded random moments: once the run has logged a random step, plus 0-40 ms (so some land
+    inside a step, a metrics write or an async checkpoint save); then it runs to the end."""
     reference = train(RESUME_CFG, regression_task(), str(tmp_path / "reference"))
     run_dir = tmp_path / "killed"
     rng = random.Random(0)
-    for _ in range(5):
+    targets = sorted(rng.sample(range(1, RESUME_CFG.steps), 5))
+    for target in targets:
         proc = _child(run_dir, SLEEP=0.02)
-        time.sleep(rng.uniform(2.0, 8.0))
+        deadline = time.time() + 300
+        while not read_metrics(run_dir / "metrics.jsonl") or read_metrics(run_dir / "metrics.jsonl")[-1]["step"] < target:
+            assert proc.poll() is None, f"child ended early: {proc.communicate()}"
+            assert time.time() < deadline
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.04))
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
-        if proc.returncode == 0:  # it finished before this kill came
-            break
+        assert proc.returncode == -signal.SIGKILL
     proc = _child(run_dir)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
