@@ -1,5 +1,5 @@
 # jaxllm — the commands a user types. Everything runs inside .venv, created on first use.
-PYTHON ?= python3
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 EXP ?= li2_grokking

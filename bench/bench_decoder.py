@@ -24,7 +24,7 @@ import optax
 
 from bench.common import header, interleaved, ratio_stats, write_result
 from jaxllm import hf
-from jaxllm.models import get_preset, init_params
+from jaxllm.models import get_preset
 from jaxllm.models import transformer as tfm
 from jaxllm.sampling.autoregressive import SamplingConfig, generate
 from jaxllm.train.lm import lm_task
@@ -102,9 +102,7 @@ def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode
                   f"temporaries {mem.temp_size_in_bytes / 2**20:,.0f} MiB, outputs {mem.output_size_in_bytes / 2**20:,.0f} MiB, "
                   f"aliased (donated) {mem.alias_size_in_bytes / 2**20:,.0f} MiB → peak ≈ "
                   f"{(mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes) / 2**20:,.0f} MiB")
-    del torch_opt
     params = holder["state"].params
-    del holder
 
     fwd = jax.jit(lambda p, x: tfm.forward(cfg, p, x).logits)
     x_j = jnp.asarray(tokens_np[:, :-1])

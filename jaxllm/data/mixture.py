@@ -51,7 +51,7 @@ def weights_from_capability_deltas(deltas: Mapping[str, Mapping[str, float]], fl
     """
     sources = sorted({s for d in deltas.values() for s in d})
     per_cap = []
-    for cap, d in deltas.items():
+    for d in deltas.values():
         pos = np.asarray([max(float(d.get(s, 0.0)), 0.0) for s in sources])
         if pos.sum() > 0:
             per_cap.append(pos / pos.sum())

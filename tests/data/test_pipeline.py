@@ -1,6 +1,5 @@
 """Reading, packing, SFT masks and weighted mixing of LM data."""
 
-import json
 
 import numpy as np
 import pyarrow as pa
