@@ -16,16 +16,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 
 from jaxllm.config import ConfigError
-
-SYSTEM_PROMPT = """
-Respond in the following format:
-<reasoning>
-...
-</reasoning>
-<answer>
-...
-</answer>
-"""
+from jaxllm.data.tasks.math_data import SYSTEM_PROMPT  # the d1 / SPG reasoning-answer format
 
 OPS = "+-*/"
 
