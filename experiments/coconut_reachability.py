@@ -148,7 +148,9 @@ def train_latent(cfg: Config, mode: str, train_set, test_set, run_dir: Path) -> 
         if K == 0:
             return {}
         mu = mu_proxy(scores_of(params), ana)
-        return {f"mu/c{c + 1}": float(v) for c, v in enumerate(mu)}
+        # mu_c is undefined (NaN) when no analysis graph has both frontier and other edges at hop c - 1:
+        # leave it out rather than log a NaN, which the trainer treats as a divergence.
+        return {f"mu/c{c + 1}": float(v) for c, v in enumerate(mu) if np.isfinite(v)}
 
     stages = [0] if mode == "nocot" else list(range(K + 1))
     params, opt_state, rows, offset = None, None, [], 0
