@@ -16,7 +16,7 @@ from jaxllm.config import check
 from jaxllm.diffusion import model_logits_fn, sft_loss
 from jaxllm.models import get_preset, init_params, logical_axes
 from jaxllm.sampling.diffusion import DiffusionSamplerConfig, generate, transformer_apply_fn
-from jaxllm.train import Task, train
+from jaxllm.train import Task, save_figure, train
 
 TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
 
@@ -132,3 +132,24 @@ def evaluate_settings(mcfg, params, vocab: Vocab, prompts: np.ndarray, gen_lengt
         rows.append({"steps": steps, "block_length": block, "remasking": remask, "scores": scores,
                      "texts": texts, "seconds": time.perf_counter() - t0})
     return rows
+
+
+def plot_accuracy_vs_steps(table: list[dict], run_dir: str, metric: str, ylabel: str) -> None:
+    """plots/accuracy_vs_steps.png: `metric` against sampling steps, one line per (remasking, block length)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for remask in ("low_confidence", "random"):
+        for block in sorted({r["block_length"] for r in table}):
+            pts = sorted((r["steps"], r[metric]) for r in table
+                         if r["remasking"] == remask and r["block_length"] == block)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=f"{remask}, block {block}")
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel(ylabel)
+    ax.set_xscale("log", base=2)
+    ax.legend(fontsize=7)
+    save_figure(fig, run_dir, "accuracy_vs_steps")

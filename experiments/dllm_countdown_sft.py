@@ -21,7 +21,7 @@ from experiments import _dllm_sft as common
 from jaxllm.config import check
 from jaxllm.data.tasks import countdown
 from jaxllm.rewards import countdown_reward
-from jaxllm.train import TrainerConfig, prepare_run_dir, save_figure, write_summary
+from jaxllm.train import TrainerConfig, prepare_run_dir, write_summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,29 +93,9 @@ def run(config: Config) -> dict:
                       "seconds": round(r["seconds"], 2)})
         print(f"steps {r['steps']:3d} block {r['block_length']:3d} {r['remasking']:14s} "
               f"accuracy {table[-1]['accuracy']:.3f} well-formed {table[-1]['well_formed']:.3f}", flush=True)
-    _plot(table, config.run_dir)
+    common.plot_accuracy_vs_steps(table, config.run_dir, "accuracy", "held-out accuracy")
     final_loss = [h["loss"] for h in result.history if "loss" in h][-1]
     summary = {"final_train_loss": final_loss, "n_params": int(sum(x.size for x in jax.tree.leaves(params))),
                "n_train": len(train), "n_test": len(test), "table": table, "example": rows[0]["texts"][0]}
     write_summary(config.run_dir, summary, "dllm_countdown_sft")
     return summary
-
-
-def _plot(table, run_dir):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for remask in ("low_confidence", "random"):
-        for block in sorted({r["block_length"] for r in table}):
-            pts = sorted((r["steps"], r["accuracy"]) for r in table
-                         if r["remasking"] == remask and r["block_length"] == block)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{remask}, block {block}")
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("held-out accuracy")
-    ax.set_xscale("log", base=2)
-    ax.legend(fontsize=7)
-    save_figure(fig, run_dir, "accuracy_vs_steps")

@@ -21,7 +21,7 @@ from experiments import _dllm_sft as common
 from jaxllm.config import check
 from jaxllm.data.tasks import sudoku
 from jaxllm.rewards import sudoku_reward
-from jaxllm.train import TrainerConfig, prepare_run_dir, save_figure, write_summary
+from jaxllm.train import TrainerConfig, prepare_run_dir, write_summary
 
 PROMPT_LEN = 16
 
@@ -84,7 +84,7 @@ def run(config: Config) -> dict:
                       "solved": float(np.mean(s == 1.0)), "seconds": round(r["seconds"], 2)})
         print(f"steps {r['steps']:3d} block {r['block_length']:3d} {r['remasking']:14s} "
               f"cell acc {table[-1]['cell_accuracy']:.3f} solved {table[-1]['solved']:.3f}", flush=True)
-    _plot(table, config.run_dir)
+    common.plot_accuracy_vs_steps(table, config.run_dir, "cell_accuracy", "held-out cell accuracy")
     final_loss = [h["loss"] for h in result.history if "loss" in h][-1]
     summary = {"final_train_loss": final_loss, "n_params": int(sum(x.size for x in _leaves(params))),
                "n_train": config.n_train, "n_test": config.n_test, "table": table,
@@ -97,23 +97,3 @@ def _leaves(tree):
     import jax
 
     return jax.tree.leaves(tree)
-
-
-def _plot(table, run_dir):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for remask in ("low_confidence", "random"):
-        for block in sorted({r["block_length"] for r in table}):
-            pts = sorted((r["steps"], r["cell_accuracy"]) for r in table
-                         if r["remasking"] == remask and r["block_length"] == block)
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"{remask}, block {block}")
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("held-out cell accuracy")
-    ax.set_xscale("log", base=2)
-    ax.legend(fontsize=7)
-    save_figure(fig, run_dir, "accuracy_vs_steps")

@@ -181,10 +181,8 @@ def _pad_tokens(x):
     return jnp.pad(x, ((0, tp - T), (0, 0))), T
 
 
-@functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
-def rsparse_gemv_packed(x, packed: PackedWeights, scale, tau, *, blocks: BlockSizes = BlockSizes(),
-                        interpret: bool = False):
-    """R-Sparse GEMV on `pack_weights` output. x [T, K] (T ≤ 4), scale [K], tau scalar -> y [T, N] (x's dtype)."""
+def _prepare_call(x, packed: "PackedWeights", scale, tau, blocks: "BlockSizes"):
+    """Shared argument checks of the Pallas and jax-triton GEMVs: (K, N, rank, w_cat, a, padded x, T, tau[1])."""
     K = scale.shape[0]
     w_cat, a = packed
     N = w_cat.shape[1]
@@ -193,8 +191,15 @@ def rsparse_gemv_packed(x, packed: PackedWeights, scale, tau, *, blocks: BlockSi
         raise ValueError(f"shapes do not fit: x {x.shape}, scale {scale.shape}, w_cat {w_cat.shape}, rank {rp}")
     blocks.validate(K, N, rp)
     xp, T = _pad_tokens(x)
+    return K, N, rp, w_cat, a, xp, T, jnp.reshape(tau, (1,)).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
+def rsparse_gemv_packed(x, packed: PackedWeights, scale, tau, *, blocks: BlockSizes = BlockSizes(),
+                        interpret: bool = False):
+    """R-Sparse GEMV on `pack_weights` output. x [T, K] (T ≤ 4), scale [K], tau scalar -> y [T, N] (x's dtype)."""
+    K, N, rp, w_cat, a, xp, T, tau_arr = _prepare_call(x, packed, scale, tau, blocks)
     tp = xp.shape[0]
-    tau_arr = jnp.reshape(tau, (1,)).astype(jnp.float32)
     cp = pltriton.CompilerParams(num_warps=blocks.num_warps, num_stages=blocks.num_stages)
     bk, bn, br = blocks.block_k, blocks.block_n, blocks.block_r
     tau_spec = pl.BlockSpec((1,), lambda i, j: (0,))

@@ -16,7 +16,7 @@ import inspect
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.rsparse_gemv import BlockSizes, PackedWeights, _pad_tokens
+from pallas_kernels.rsparse_gemv import BlockSizes, PackedWeights, _prepare_call
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,16 +76,8 @@ def _call(*args, out, **kw):
 def rsparse_gemv_triton(x, packed: PackedWeights, scale, tau, *, blocks: BlockSizes = BlockSizes()):
     """jax-triton R-Sparse GEMV. x [T ≤ 4, K], packed = `pack_weights(W, A, B, blocks)` -> y [T, N] (x's dtype)."""
     lowrank_down, sparse_gemv = _kernels()
-    K = scale.shape[0]
-    w_cat, a = packed
-    N = w_cat.shape[1]
-    rp = 0 if a is None else a.shape[1]
-    if x.ndim != 2 or x.shape[1] != K or w_cat.shape[0] != K + rp:
-        raise ValueError(f"shapes do not fit: x {x.shape}, scale {scale.shape}, w_cat {w_cat.shape}, rank {rp}")
-    blocks.validate(K, N, rp)
-    xp, T = _pad_tokens(x)
+    K, N, rp, w_cat, a, xp, T, tau_arr = _prepare_call(x, packed, scale, tau, blocks)
     tp = xp.shape[0]
-    tau_arr = jnp.reshape(tau, (1,)).astype(jnp.float32)
     c = scale.astype(jnp.float32)
     bk, bn, br = blocks.block_k, blocks.block_n, blocks.block_r
     common = dict(num_warps=blocks.num_warps, num_stages=blocks.num_stages, zeroed_outputs=(0,))
