@@ -112,8 +112,9 @@ def main(argv: list[str]) -> None:
                  f"{list(cfg.fraction_scales)} × p*, {cfg.seeds} seeds, K={cfg.hidden}, {cfg.steps} steps): "
                  f"**{pd_wall:.1f} s** for {pd['runs']} runs; mean test accuracy above / below the boundary "
                  f"{pd['mean_test_accuracy_above_boundary']} / {pd['mean_test_accuracy_below_boundary']}.\n")
-    lines.append("Note: measured on a shared 2-core machine while other jobs ran, so absolute numbers are "
-                 "noisy and pessimistic; the interleaved ratio is the figure to read.\n")
+    load = os.getloadavg()[0]
+    lines.append(f"1-min load average at the end of the run: {load:.1f} on {os.cpu_count()} cores (above ~1, other "
+                 "jobs shared the cores: absolute numbers are then noisy; the interleaved ratio is the figure to read).\n")
     write_result("li2_bench.md", "\n".join(lines))
 
 
