@@ -40,26 +40,27 @@ class Config:
     run_dir: str = ""
     seed: int = 0
     modes: tuple[str, ...] = ("coconut", "bfs_frontier", "cot", "nocot")
-    graphs: rd.GraphConfig = rd.GraphConfig(min_nodes=6, max_nodes=10, hops=(2, 3), max_edges=16)
-    n_train: int = 2000
-    n_test: int = 200
+    # Defaults = the CPU run of docs/results/superposition.md section 2.1 (~75 min for the 4 modes in one process, estimated).
+    graphs: rd.GraphConfig = rd.GraphConfig(min_nodes=6, max_nodes=9, hops=(2,), max_edges=12)
+    n_train: int = 4000
+    n_test: int = 500
     d_model: int = 64
     n_heads: int = 4
     dropout: float = 0.0
-    max_latent: int = 3  # thoughts at the last stage (paper: 4 for 3-4 hop graphs)
-    first_stage_steps: int = 500  # stage 0 (Emergence: 150 epochs of 350; paper 1: 25 of 300)
-    steps_per_stage: int = 200
-    final_extra_steps: int = 300  # added to the last stage (paper 1 keeps training at the last stage)
+    max_latent: int = 2  # thoughts at the last stage (paper: 4 for 3-4 hop graphs)
+    first_stage_steps: int = 3000  # stage 0 (Emergence: 150 epochs of 350; paper 1: 25 of 300)
+    steps_per_stage: int = 1500
+    final_extra_steps: int = 1000  # added to the last stage (paper 1 keeps training at the last stage)
     baseline_steps: int = 0  # cot / nocot steps; 0 = the curriculum's total
-    batch_size: int = 32
+    batch_size: int = 128  # the stage-0 lookup forms after ~2k steps at 128; not in 2.3k at 32 (section 3.2)
     lr: float = 1e-3
     weight_decay: float = 0.01
     uniform_prob: float = 0.1
     reset_optimizer: bool = True
-    relabel: bool = False  # Emergence `shuffle_nodes`: fresh node ids per sample and epoch
-    analysis_samples: int = 128
+    relabel: bool = True  # Emergence `shuffle_nodes`: fresh node ids per sample and epoch
+    analysis_samples: int = 200
     analyze_only: bool = False  # skip training; analyse <run_dir>/<mode>/ of earlier runs
-    trainer: TrainerConfig = TrainerConfig(log_every=50, checkpoint_every=500, progress=False)
+    trainer: TrainerConfig = TrainerConfig(log_every=100, eval_every=500, checkpoint_every=500, progress=False)
 
     def __post_init__(self):
         check(all(m in MODES for m in self.modes) and self.modes, f"modes={self.modes} must be from {list(MODES)}")
@@ -113,6 +114,12 @@ def mu_proxy(scores_BQS, batch: dict) -> np.ndarray:
     return np.asarray(out)
 
 
+def mu_metrics(mu: np.ndarray) -> dict:
+    """{"mu/c<c>": value} for the defined mu_c. mu_c is NaN when no analysis graph has both frontier and other
+    edges at hop c - 1; it is left out rather than logged, since the trainer stops on a NaN metric."""
+    return {f"mu/c{c + 1}": float(v) for c, v in enumerate(mu) if np.isfinite(v)}
+
+
 def _analysis_batch(cfg: Config, problems, K: int) -> dict:
     b = rd.latent_batch(problems, 99, np.random.default_rng(cfg.seed + 7), max_latent=K,
                         max_edges=cfg.graphs.max_edges, final_only=True)
@@ -147,10 +154,7 @@ def train_latent(cfg: Config, mode: str, train_set, test_set, run_dir: Path) -> 
     def log_fn(params, step):
         if K == 0:
             return {}
-        mu = mu_proxy(scores_of(params), ana)
-        # mu_c is undefined (NaN) when no analysis graph has both frontier and other edges at hop c - 1:
-        # leave it out rather than log a NaN, which the trainer treats as a divergence.
-        return {f"mu/c{c + 1}": float(v) for c, v in enumerate(mu) if np.isfinite(v)}
+        return mu_metrics(mu_proxy(scores_of(params), ana))
 
     stages = [0] if mode == "nocot" else list(range(K + 1))
     params, opt_state, rows, offset = None, None, [], 0
@@ -174,6 +178,7 @@ def train_latent(cfg: Config, mode: str, train_set, test_set, run_dir: Path) -> 
         tcfg = dataclasses.replace(cfg.trainer, steps=steps)
         res = train(tcfg, task, str(run_dir / mode / f"stage_{stage}"), seed=cfg.seed)
         params, opt_state = res.state.params, res.state.opt_state
+        save_params(run_dir / mode / f"stage_{stage}" / "params.npz", params)  # analysable if a later stage is cut
         for row in res.history:
             rows.append({**row, "global_step": offset + row["step"], "stage": stage})
         offset += steps
@@ -389,6 +394,16 @@ def load_params(path) -> dict:
     return out
 
 
+def latest_params(mode_dir: Path) -> tuple[dict, "int | None"]:
+    """(params, None) from final_params.npz, else (params, k) from the last finished stage k's params.npz."""
+    if (mode_dir / "final_params.npz").exists():
+        return load_params(mode_dir / "final_params.npz"), None
+    done = sorted(int(p.parent.name.split("_")[1]) for p in mode_dir.glob("stage_*/params.npz"))
+    if not done:
+        raise FileNotFoundError(f"{mode_dir} holds neither final_params.npz nor any stage_<k>/params.npz")
+    return load_params(mode_dir / f"stage_{done[-1]}" / "params.npz"), done[-1]
+
+
 def stage_steps(cfg: Config, mode: str) -> list[int]:
     """Steps of each `train` call of a mode (one per curriculum stage; one for cot / nocot)."""
     total = cfg.first_stage_steps + cfg.max_latent * cfg.steps_per_stage + cfg.final_extra_steps
@@ -432,7 +447,10 @@ def analyze(config: Config, run_dir: Path, test_set) -> dict:
     for mode in config.modes:
         rows[mode] = read_rows(config, run_dir, mode)
         if mode not in ("cot", "nocot"):
-            params = load_params(run_dir / mode / "final_params.npz")
+            params, stage = latest_params(run_dir / mode)
+            if stage is not None:
+                print(f"{mode}: no final_params.npz (run cut short); analysing the params after stage {stage}")
+                summary[f"{mode}/analysed_stage"] = stage
             analyses[mode] = latent_analysis(config, params, test_set)
             tables[mode] = tables_markdown(analyses[mode], config.max_latent)
             summary[f"{mode}/layer1_copy_mass"] = analyses[mode]["copy_mass"]

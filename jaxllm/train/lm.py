@@ -76,6 +76,30 @@ def check_batch(cfg: tfm.TransformerConfig, batch: dict) -> None:
             raise ValueError(f"batch[{k!r}] has shape {np.shape(batch[k])}, expected {tok.shape}")
 
 
+class CheckedBatches:
+    """Iterates `batches`, running `check_batch` on each one before it reaches the jitted step (an
+    out-of-vocabulary id would otherwise be clamped silently inside the embedding gather). Keeps the
+    iterator's get_state / set_state, so checkpoints still hold the data position."""
+
+    def __init__(self, cfg: tfm.TransformerConfig, batches: Any):
+        self.cfg, self.batches, self.it = cfg, batches, None
+
+    def __iter__(self):
+        self.it = iter(self.batches)
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.it)
+        check_batch(self.cfg, batch)
+        return batch
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state) -> None:
+        self.it.set_state(state)
+
+
 def lm_task(model_cfg: tfm.TransformerConfig, optimizer: optax.GradientTransformation, batches: Any,
             eval_batches: Optional[list[dict]] = None, init_params=None, eval_name: str = "loss") -> Task:
     """A trainer Task for next-token training. `eval_batches` (a finite list) gives eval/<eval_name>;
@@ -96,7 +120,7 @@ def lm_task(model_cfg: tfm.TransformerConfig, optimizer: optax.GradientTransform
         init_params=init_params or (lambda key: tfm.init_params(model_cfg, key)),
         loss_fn=loss_fn,
         optimizer=optimizer,
-        batches=batches,
+        batches=None if batches is None else CheckedBatches(model_cfg, batches),
         eval_fn=eval_fn,
         logical_axes=tfm.logical_axes(model_cfg),
     )

@@ -61,3 +61,16 @@ def test_lm_task_lowers_held_out_loss_on_generated_corpus(tmp_path):
     last = res.history[-1]["eval/loss"]
     assert res.history[0]["eval/loss"] == first or abs(res.history[0]["eval/loss"] - first) < 1e-4
     assert last < 0.75 * first, (first, last)
+
+
+def test_training_batch_with_out_of_vocabulary_ids_is_refused_before_the_step(tmp_path):
+    """A tokenizer / model vocabulary mismatch is named at the batch, not clamped inside the jitted gather."""
+    import pytest
+
+    tok = CharTokenizer()
+    cfg = get_preset("tiny_mobilellm", vocab_size=tok.vocab_size, n_layers=1, d_model=32, head_dim=8, d_ff=64)
+    rows = P.pack_documents(synthetic.generate("copy", 40, seed=0), tok, seq_len=16)
+    rows["tokens"][3, 5] = tok.vocab_size + 7  # one bad id in one row
+    task = lm_task(cfg, optax.adam(1e-3), P.mixed_batches({"copy": rows}, 64, seed=0))
+    with pytest.raises(ValueError, match=rf"outside the vocabulary \[0, {tok.vocab_size}\)"):
+        train(TrainerConfig(steps=2, log_every=1, checkpoint_every=10, progress=False), task, str(tmp_path))
