@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from experiments import mobilellm_tiny_pretrain as pre
-from jaxllm.config import check
+from jaxllm.config import check, comma_list
 from jaxllm.data import mixture, pipeline, synthetic
 from jaxllm.data.tokenizers import CharTokenizer
 from jaxllm.train import TrainerConfig, prepare_run_dir, save_figure, write_summary
@@ -59,11 +59,11 @@ class Config:
 
     @property
     def source_names(self) -> list[str]:
-        return [s.strip() for s in self.sources.split(",") if s.strip()]
+        return comma_list(self.sources)
 
     @property
     def probe_names(self) -> list[str]:
-        return [s.strip() for s in self.probe_sources.split(",") if s.strip()]
+        return comma_list(self.probe_sources)
 
 
 def _base(c: Config, sources: list[str], seed: int) -> pre.Config:

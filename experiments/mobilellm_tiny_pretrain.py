@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import optax
 
-from jaxllm.config import check
+from jaxllm.config import check, comma_list
 from jaxllm.data import pipeline, synthetic
 from jaxllm.data.tokenizers import CharTokenizer
 from jaxllm.models import get_preset
@@ -67,11 +67,11 @@ class Config:
 
     @property
     def source_names(self) -> list[str]:
-        return [s.strip() for s in self.sources.split(",") if s.strip()]
+        return comma_list(self.sources)
 
     @property
     def weight_list(self) -> list[float]:
-        return [float(w) for w in self.weights.split(",")] if self.weights else []
+        return [float(w) for w in comma_list(self.weights)]
 
 
 def model_config(c: Config, vocab_size: int) -> tfm.TransformerConfig:

@@ -165,6 +165,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
+def comma_list(text: str) -> list[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: the non-empty, stripped items of a comma-separated config string."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def check(condition: bool, message: str) -> None:
     """Validation helper for `__post_init__`: raise ConfigError(message) unless condition holds."""
     if not condition:

@@ -102,3 +102,10 @@ def test_post_init_validation_runs_on_overrides():
         TrainerConfig(best_mode="up")
     with pytest.raises(ConfigError, match=r"act='tanh' is not one of \['relu', 'silu'\]"):
         check_choice("act", "tanh", ["relu", "silu"])
+
+
+def test_comma_list_strips_items_and_drops_empty_ones():
+    from jaxllm.config import comma_list
+
+    assert comma_list(" web, code ,,math,") == ["web", "code", "math"]
+    assert comma_list("") == []
