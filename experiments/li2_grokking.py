@@ -6,7 +6,7 @@ Logged per log step: train/test loss and accuracy, ‖G_F‖, weight movement pe
 E(w)=½‖Ỹᵀσ(Xw)‖², Fourier concentration and frequencies covered (Z_M), and the stage (lazy / independent /
 interactive, rule in `jaxllm.models.li2.stage_of`).
 
-    python -m jaxllm.train li2_grokking modulus=71 train_fraction=0.3 optimizer=muon hidden=128
+    python -m experiments li2_grokking modulus=71 train_fraction=0.3 optimizer=muon hidden=128
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ from __future__ import annotations
 import dataclasses
 import time
 from functools import partial
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxllm.config import check, check_choice
+from jaxllm.config import check
 from jaxllm.data.tasks import group_arithmetic as ga
 from jaxllm.models import li2
+from jaxllm.optim import build as optim_build
 from jaxllm.train import Task, TrainerConfig, init_state, prepare_run_dir, save_figure, train, write_summary
 
 GROK_THRESHOLD = 0.95
@@ -35,30 +37,26 @@ class Config:
     hidden: int = 512  # K
     activation: str = "sqr"  # sqr | relu | silu | relu2
     loss: str = "mse"  # mse | ce
-    optimizer: str = "adam"  # adam (coupled L2, as the reference) | adamw | muon (W) + adam (V)
-    lr: float = 1e-3
-    weight_decay: float = 2e-4
-    muon_beta: float = 0.99
+    # optim=adam (coupled L2, as the reference) | adamw | muon (W) + adam (V): optim_build.LI2_OPTIMIZERS
+    optim: optim_build.OptimizerConfig = optim_build.LI2_OPTIMIZERS["adam"]
     top_init_scale: float = 1.0  # multiplies V at init; 0 = zero-init top layer
-    steps: int = 2000
     seed: int = 0  # split, init and mini-batch order
     batch_size: int = 0  # 0 = full batch (the reference); > 0 = shuffled mini-batches from a grain pipeline
     fourier_threshold: float = 0.6  # a node counts as a frequency's feature when ≥ this share of its power is there
     run_dir: str = ""
-    trainer: TrainerConfig = TrainerConfig(steps=0, log_every=20, checkpoint_every=500)  # steps: 0 = use `steps`
+    trainer: TrainerConfig = TrainerConfig(steps=2000, log_every=20, checkpoint_every=500)
+
+    CHOICES: ClassVar[dict] = {"optim": optim_build.LI2_OPTIMIZERS}
+    # the spellings of the documented commands (`steps=3000 optimizer=muon lr=0.01 weight_decay=0`)
+    ALIASES: ClassVar[dict] = {"steps": "trainer.steps", "optimizer": "optim", "lr": "optim.learning_rate",
+                               "weight_decay": "optim.weight_decay"}
 
     def __post_init__(self):
         order = ga.make_group(self.group, self.modulus).order  # validates group / modulus
         n_train, _ = ga.split_sizes(order**2, self.train_fraction)
         li2.Li2Config(order, self.hidden, self.activation, self.loss, self.top_init_scale)
-        check_choice("optimizer", self.optimizer, li2.OPTIMIZERS)
-        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        check(0 <= self.muon_beta < 1, f"muon_beta must be in [0, 1), got {self.muon_beta}")
-        check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.trainer.steps >= 1, f"trainer.steps must be >= 1, got {self.trainer.steps}")
         check(self.batch_size >= 0, f"batch_size must be >= 0 (0 = full batch), got {self.batch_size}")
-        check(self.trainer.steps in (0, self.steps),
-              f"set `steps`, not trainer.steps (got trainer.steps={self.trainer.steps}, steps={self.steps})")
         check(0 < self.fourier_threshold <= 1, f"fourier_threshold must be in (0, 1], got {self.fourier_threshold}")
         check(self.batch_size <= n_train, f"batch_size={self.batch_size} exceeds the {n_train} training pairs")
 
@@ -85,7 +83,7 @@ def build(config: Config):
                    .map(lambda i: {"a": a[i], "b": b[i], "y": y[i]})
                    .batch(config.batch_size, drop_remainder=True).to_iter_dataset())
     task = Task(init_params=partial(li2.init_params, model), loss_fn=loss_fn,
-                optimizer=li2.make_optimizer(config.optimizer, config.lr, config.weight_decay, config.muon_beta),
+                optimizer=config.optim.build(config.trainer.steps, matrices=optim_build.li2_matrices),
                 batches=batches)
     return group, split, model, task
 
@@ -146,8 +144,7 @@ def run(config: Config) -> dict:
         return row
 
     task = dataclasses.replace(task, log_fn=log_fn)
-    trainer_cfg = dataclasses.replace(config.trainer, steps=config.steps)
-    result = train(trainer_cfg, task, run_dir, seed=config.seed)
+    result = train(config.trainer, task, run_dir, seed=config.seed)
     history = [r for r in result.history if "test/accuracy" in r]
     final_params = result.state.params
 
@@ -193,7 +190,7 @@ def summarise(config: Config, group: ga.Group, split: ga.Split, history: list[di
         "grad_F_norm_peak_step": max(history, key=lambda r: r["grad_F_norm"])["step"],
         "movement_W": last["movement/W"],
         "movement_V": last["movement/V"],
-        "steps": config.steps,
+        "steps": config.trainer.steps,
     }
     return summary
 

@@ -5,7 +5,7 @@ the largest split with a 0/1 weight, so one jitted, vmapped full-batch training 
 Train fractions are `fraction_scales` × p*(M), p*(M) = 2.7482·ln M/M (the reference's critical ratio), unless
 `train_fractions` gives absolute ones. A rerun with the same run_dir skips the moduli already in results.jsonl.
 
-    python -m jaxllm.train li2_phase_diagram moduli=23,41,71 seeds=3 steps=3000
+    python -m experiments li2_phase_diagram moduli=23,41,71 seeds=3 steps=3000
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ import json
 import time
 from functools import partial
 from pathlib import Path
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxllm.config import check, check_choice
+from jaxllm.config import check
 from jaxllm.data.tasks import group_arithmetic as ga
 from jaxllm.models import li2
+from jaxllm.optim import build as optim_build
 from jaxllm.train import prepare_run_dir, save_figure, write_summary
 
 GROK_THRESHOLD = 0.95
@@ -38,12 +40,13 @@ class Config:
     hidden: int = 512
     activation: str = "sqr"
     loss: str = "mse"
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 2e-4
+    optim: optim_build.OptimizerConfig = optim_build.LI2_OPTIMIZERS["adam"]  # optim=adam | adamw | muon
     steps: int = 2000
     eval_every: int = 100  # test accuracy is recorded every this many steps (for the grok step)
     run_dir: str = ""
+
+    CHOICES: ClassVar[dict] = {"optim": optim_build.LI2_OPTIMIZERS}
+    ALIASES: ClassVar[dict] = {"optimizer": "optim", "lr": "optim.learning_rate", "weight_decay": "optim.weight_decay"}
 
     def __post_init__(self):
         check(len(self.moduli) >= 1, "moduli must list at least one modulus")
@@ -57,8 +60,6 @@ class Config:
         check(all(s > 0 for s in self.fraction_scales), f"fraction_scales must be > 0, got {self.fraction_scales}")
         check(self.seeds >= 1, f"seeds must be >= 1, got {self.seeds}")
         li2.Li2Config(max(self.moduli), self.hidden, self.activation, self.loss)
-        check_choice("optimizer", self.optimizer, li2.OPTIMIZERS)
-        check(self.lr > 0 and self.weight_decay >= 0, f"need lr > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
         check(self.steps >= 1 and self.eval_every >= 1 and self.steps % self.eval_every == 0,
               f"steps ({self.steps}) must be a positive multiple of eval_every ({self.eval_every})")
 
@@ -122,7 +123,7 @@ def run(config: Config) -> dict:
     results_file = run_dir / "results.jsonl"
     rows = [json.loads(x) for x in results_file.read_text().splitlines()] if results_file.exists() else []
     done = {r["modulus"] for r in rows}
-    tx = li2.make_optimizer(config.optimizer, config.lr, config.weight_decay)
+    tx = config.optim.build(config.steps, matrices=optim_build.li2_matrices)
     for m in config.moduli:
         if m in done:
             continue
@@ -208,6 +209,6 @@ def plot_phase_diagram(run_dir: str, config: Config, rows: list[dict]) -> None:
     ax.set_yscale("log")
     ax.legend()
     fig.colorbar(sc, ax=ax, label=f"test accuracy (mean of {config.seeds} seeds)")
-    ax.set_title(f"Li2 phase diagram (K={config.hidden}, {config.optimizer}, wd={config.weight_decay}, "
+    ax.set_title(f"Li2 phase diagram (K={config.hidden}, {config.optim.name}, wd={config.optim.weight_decay}, "
                  f"{config.steps} steps)")
     save_figure(fig, run_dir, "phase_diagram")

@@ -11,8 +11,8 @@ held-out arithmetic + copy + reverse (like the paper's union of domain probe set
 4. Re-mixed run with w vs the uniform run, both evaluated on a *separate* held-out test set drawn from the
    same capability tasks (different seed than the probe set used to choose the weights), over `seeds`.
 
-    python -m jaxllm.train mobilellm_data_mixture                   # ~8-12 min on 2 busy CPU cores
-    python -m jaxllm.train mobilellm_data_mixture steps=100 seeds=1  # quick look
+    python -m experiments mobilellm_data_mixture                   # ~8-12 min on 2 busy CPU cores
+    python -m experiments mobilellm_data_mixture steps=100 seeds=1  # quick look
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from experiments import mobilellm_tiny_pretrain as pre
 from jaxllm.config import check, comma_list
 from jaxllm.data import mixture, pipeline, synthetic
 from jaxllm.data.tokenizers import CharTokenizer
+from jaxllm.models import transformer as tfm
+from jaxllm.optim import build
 from jaxllm.train import TrainerConfig, prepare_run_dir, save_figure, write_summary
 
 
@@ -38,15 +40,12 @@ class Config:
     probe_sources: str = "arithmetic,copy,reverse"  # the capability probe / test tasks
     docs_per_source: int = 2000
     probe_docs_per_source: int = 100
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    d_ff: int = 192
+    model: tfm.TransformerConfig = dataclasses.replace(pre.Config().model, d_model=64, n_layers=2, d_ff=192)
     seq_len: int = 64
     batch_size: int = 16
     steps: int = 400
-    lr: float = 3e-3
+    # every run: the tiny pretraining recipe with warmup over 10% of the steps
+    optim: build.OptimizerConfig = dataclasses.replace(pre.Config().optim, warmup_steps=0, warmup_fraction=0.1)
     floor: float = 0.0  # uniform share kept in the re-mixed weights
     seeds: int = 2  # seeds for the final uniform-vs-remix comparison (the LOO runs use seed 0)
     accuracy_problems: int = 64
@@ -67,10 +66,8 @@ class Config:
 
 
 def _base(c: Config, sources: list[str], seed: int) -> pre.Config:
-    return pre.Config(sources=",".join(sources), docs_per_source=c.docs_per_source, d_model=c.d_model,
-                      n_layers=c.n_layers, n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, d_ff=c.d_ff,
-                      seq_len=c.seq_len, batch_size=c.batch_size, lr=c.lr, warmup_steps=max(1, c.steps // 10),
-                      seed=seed, accuracy_problems=0,
+    return pre.Config(sources=",".join(sources), docs_per_source=c.docs_per_source, model=c.model,
+                      seq_len=c.seq_len, batch_size=c.batch_size, optim=c.optim, seed=seed, accuracy_problems=0,
                       trainer=TrainerConfig(steps=c.steps, log_every=50, eval_every=0, checkpoint_every=c.steps,
                                             progress=False))
 

@@ -7,8 +7,8 @@ MobileLLM-R1's loader does. Optimizer as in the paper's pretraining: Adam(0.9, 0
 0.1, linear warmup then linear decay to 0.1x peak. Reports held-out loss before/after and greedy exact-match
 accuracy on held-out addition problems (KV-cache sampler).
 
-    python -m jaxllm.train mobilellm_tiny_pretrain                 # ~2-4 min on 2 CPU cores
-    python -m jaxllm.train mobilellm_tiny_pretrain trainer.steps=100 sources=arithmetic,copy
+    python -m experiments mobilellm_tiny_pretrain                 # ~2-4 min on 2 CPU cores
+    python -m experiments mobilellm_tiny_pretrain trainer.steps=100 sources=arithmetic,copy
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ from typing import Optional
 
 import jax
 import numpy as np
-import optax
 
 from jaxllm.config import check, comma_list
 from jaxllm.data import pipeline, synthetic
 from jaxllm.data.tokenizers import CharTokenizer
-from jaxllm.models import get_preset
+from jaxllm.models import Model, get_preset
 from jaxllm.models import transformer as tfm
+from jaxllm.optim import build
 from jaxllm.sampling.autoregressive import SamplingConfig, generate
 from jaxllm.train import TrainerConfig, prepare_run_dir, save_figure, train, write_summary
 from jaxllm.train.lm import eval_loss, lm_task
@@ -39,17 +39,16 @@ class Config:
     weights: str = ""  # comma-separated, same order as sources; empty = uniform
     docs_per_source: int = 3000
     eval_docs_per_source: int = 100
-    d_model: int = 96
-    n_layers: int = 3
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    d_ff: int = 256
+    # the Llama4-text flavour at a tiny size (`model=<preset>`, `model.<field>=...`)
+    model: tfm.TransformerConfig = get_preset(
+        "tiny_mobilellm", vocab_size=CharTokenizer().vocab_size, d_model=96, n_layers=3, n_heads=4, n_kv_heads=2,
+        head_dim=None, d_ff=256, max_seq_len=256)  # head_dim None: d_model / n_heads
     seq_len: int = 96
     batch_size: int = 16
-    lr: float = 3e-3
-    warmup_steps: int = 30
-    final_lr_ratio: float = 0.1  # MobileLLM-R1 pretraining: linear decay to 0.1x peak
-    weight_decay: float = 0.1
+    # MobileLLM-R1 pretraining: Adam(0.9, 0.95, 1e-8), decoupled weight decay 0.1, linear warmup then linear
+    # decay to 0.1x peak
+    optim: build.OptimizerConfig = build.AdamWConfig(learning_rate=3e-3, b2=0.95, weight_decay=0.1,
+                                                     schedule="linear", warmup_steps=30, min_lr_ratio=0.1)
     accuracy_problems: int = 64  # held-out additions decoded greedily (0 = skip)
     seed: int = 0
     trainer: TrainerConfig = TrainerConfig(steps=400, log_every=25, eval_every=100, checkpoint_every=200,
@@ -64,6 +63,11 @@ class Config:
             check(len(self.weight_list) == len(names),
                   f"weights has {len(self.weight_list)} entries for {len(names)} sources")
         check(self.seq_len >= 8, f"seq_len must be >= 8, got {self.seq_len}")
+        vocab = CharTokenizer().vocab_size
+        check(self.model.vocab_size == vocab,
+              f"model.vocab_size={self.model.vocab_size}, but the character tokenizer has {vocab} tokens")
+        check(self.model.max_seq_len >= self.seq_len,
+              f"model.max_seq_len={self.model.max_seq_len} is shorter than seq_len={self.seq_len}")
 
     @property
     def source_names(self) -> list[str]:
@@ -74,22 +78,6 @@ class Config:
         return [float(w) for w in comma_list(self.weights)]
 
 
-def model_config(c: Config, vocab_size: int) -> tfm.TransformerConfig:
-    return get_preset("tiny_mobilellm", vocab_size=vocab_size, d_model=c.d_model, n_layers=c.n_layers,
-                      n_heads=c.n_heads, n_kv_heads=c.n_kv_heads, head_dim=c.d_model // c.n_heads, d_ff=c.d_ff,
-                      max_seq_len=max(256, c.seq_len))
-
-
-def optimizer(c: Config, steps: int) -> optax.GradientTransformation:
-    """Adam(0.9, 0.95, 1e-8), decoupled weight decay, warmup then linear decay to final_lr_ratio x peak."""
-    warm = max(1, min(c.warmup_steps, steps))
-    sched = optax.join_schedules([
-        optax.linear_schedule(0.0, c.lr, warm),
-        optax.linear_schedule(c.lr, c.lr * c.final_lr_ratio, max(1, steps - warm)),
-    ], [warm])
-    return optax.adamw(sched, b1=0.9, b2=0.95, eps=1e-8, weight_decay=c.weight_decay)
-
-
 def packed_sources(names, tok, n_docs: int, seq_len: int, seed: int) -> dict:
     return {n: pipeline.pack_documents(synthetic.generate(n, n_docs, seed), tok, seq_len) for n in names}
 
@@ -98,7 +86,7 @@ def arithmetic_accuracy(cfg: tfm.TransformerConfig, params, tok, n: int, seed: i
     """Greedy exact match of the final answer on `n` held-out addition prompts (`a+b=` -> `... so N.`)."""
     problems = synthetic.generate_sft("arithmetic", n, seed)
     prompts = [tok.encode(p["prompt"], add_bos=True) for p in problems]
-    out = generate(cfg, params, prompts, jax.random.PRNGKey(0),
+    out = generate(Model(cfg), params, prompts, jax.random.PRNGKey(0),
                    SamplingConfig(max_new_tokens=60, stop_tokens=(tok.token_to_id("."),), pad_id=tok.pad_id))
     right = 0
     for p, row, n_gen in zip(problems, np.asarray(out.tokens), np.asarray(out.lengths)):
@@ -116,7 +104,7 @@ def train_tiny_decoder(c: Config, run_dir: str, weights: Optional[dict] = None, 
     `eval_sets` {name: list of batches} are evaluated as eval/<name>; default: held-out docs of the sources.
     """
     tok = CharTokenizer()
-    cfg = model_config(c, tok.vocab_size)
+    cfg = c.model
     names = c.source_names
     train_rows = packed_sources(names, tok, c.docs_per_source, c.seq_len, c.seed)
     if weights is None and c.weights:
@@ -125,10 +113,10 @@ def train_tiny_decoder(c: Config, run_dir: str, weights: Optional[dict] = None, 
         held = packed_sources(names, tok, c.eval_docs_per_source, c.seq_len, c.seed + 1000)
         eval_sets = {"loss": [b for n in names for b in pipeline.fixed_batches(held[n], 64)]}
     batches = pipeline.mixed_batches(train_rows, c.batch_size, weights, seed=c.seed)
-    task = lm_task(cfg, optimizer(c, c.trainer.steps), batches)
+    task = lm_task(cfg, c.optim.build(c.trainer.steps), batches)
 
     def eval_fn(params):
-        return {k: eval_loss(cfg, params, v) for k, v in eval_sets.items()}
+        return {k: eval_loss(Model(cfg), params, v) for k, v in eval_sets.items()}
 
     task.eval_fn = eval_fn
     result = train(c.trainer, task, run_dir, seed=c.seed)

@@ -25,36 +25,43 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from jaxllm.models import Model
 from jaxllm.models import transformer as tfm
+from jaxllm.optim import build
 from jaxllm.train import trainer as trainer_lib
 from jaxllm.train.run import prepare_run_dir, save_figure, write_summary
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The small decoder and how it is trained (its own sub-run-dir `train/`, so evaluation settings can change
-    without invalidating the trained checkpoint)."""
+class TrainConfig:
+    """How the small decoder is trained (in its own sub-run-dir `train/`, checked together with `model`, so
+    evaluation settings can change without invalidating the trained checkpoint). seq_len: training and evaluation
+    windows."""
 
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int = 2  # GQA, so k/v projections have their true (narrower) shapes in the budget rule
-    d_ff: int = 384
     seq_len: int = 128
     batch_size: int = 16
-    lr: float = 3e-3
-    warmup: int = 100
-    weight_decay: float = 0.1
+    optim: build.OptimizerConfig = build.AdamWConfig(learning_rate=3e-3, weight_decay=0.1, grad_clip=1.0,
+                                                     schedule="cosine", warmup_steps=100, min_lr_ratio=0.0)
     trainer: trainer_lib.TrainerConfig = trainer_lib.TrainerConfig(
         steps=2500, log_every=100, checkpoint_every=500, progress=False)
 
 
 @dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """What the checkpoint in `train/` depends on (its config.json)."""
+
+    model: tfm.TransformerConfig
+    train: TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     run_dir: str = ""
-    model: ModelConfig = ModelConfig()
+    # byte-level Llama-flavour decoder; GQA, so k/v projections have their true (narrower) shapes in the budget rule
+    model: tfm.TransformerConfig = tfm.TransformerConfig(vocab_size=256, d_model=128, n_layers=4, n_heads=4,
+                                                         n_kv_heads=2, d_ff=384, max_seq_len=128, tie_embeddings=False)
+    train: TrainConfig = TrainConfig()
     checkpoint_path: str = ""  # a local HF checkpoint directory instead of training the small model
     seed: int = 0
     sparsities: tuple[float, ...] = (0.4, 0.5, 0.6, 0.7)
@@ -74,6 +81,10 @@ class Config:
         for s in self.sparsities:
             check(0.0 <= s <= 1.0, f"sparsity {s} outside [0, 1]")
         check(0.0 <= self.uniform_alpha <= 1.0, f"uniform_alpha={self.uniform_alpha} outside [0, 1]")
+        if not self.checkpoint_path:  # the trained model reads bytes
+            check(self.model.vocab_size == 256, f"model.vocab_size={self.model.vocab_size}: the corpus is bytes (256)")
+            check(self.model.max_seq_len >= self.train.seq_len,
+                  f"model.max_seq_len={self.model.max_seq_len} is shorter than train.seq_len={self.train.seq_len}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -117,33 +128,27 @@ def fixed_windows(tokens: np.ndarray, n: int, seq_len: int, seed: int) -> np.nda
     return np.stack([tokens[s: s + seq_len + 1] for s in starts])
 
 
-def model_config(m: ModelConfig) -> tfm.TransformerConfig:
-    return tfm.TransformerConfig(vocab_size=256, d_model=m.d_model, n_layers=m.n_layers, n_heads=m.n_heads,
-                                 n_kv_heads=m.n_kv_heads, d_ff=m.d_ff, max_seq_len=m.seq_len,
-                                 tie_embeddings=False)
-
-
-def nll(cfg, params, windows, **fwd) -> jax.Array:
+def nll(model: Model, params, windows) -> jax.Array:
     """Mean next-token negative log-likelihood of windows [B, S + 1]."""
-    logits = tfm.forward(cfg, params, windows[:, :-1], **fwd).logits
+    logits = model(params, windows[:, :-1])
     logp = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp, windows[:, 1:, None], axis=-1))
 
 
 def train_model(config: Config, run_dir: str):
     """Train (or resume) the small decoder in `run_dir/train`; returns (TransformerConfig, params)."""
-    m = config.model
-    cfg = model_config(m)
+    m = config.train
+    cfg = config.model
     sub = os.path.join(run_dir, "train")
-    prepare_run_dir(sub, m)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, m.lr, m.warmup, max(m.trainer.steps, m.warmup + 1))
+    prepare_run_dir(sub, TrainedModel(cfg, m))
     heldout = jnp.asarray(fixed_windows(corpus("heldout"), 32, m.seq_len, seed=1))
+    model = Model(cfg)
     task = trainer_lib.Task(
         init_params=lambda key: tfm.init_params(cfg, key),
-        loss_fn=lambda p, batch, rng: (lambda loss: (loss, {"loss": loss}))(nll(cfg, p, batch)),
-        optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=m.weight_decay)),
+        loss_fn=lambda p, batch, rng: (lambda loss: (loss, {"loss": loss}))(nll(model, p, batch)),
+        optimizer=m.optim.build(m.trainer.steps),
         batches=WindowSampler(corpus("train"), m.batch_size, m.seq_len, config.seed),
-        eval_fn=lambda p: {"loss": float(jax.jit(lambda q: nll(cfg, q, heldout))(p))},
+        eval_fn=lambda p: {"loss": float(jax.jit(lambda q: nll(model, q, heldout))(p))},
     )
     result = trainer_lib.train(m.trainer, task, sub, seed=config.seed)
     return cfg, result.state.params
@@ -166,8 +171,8 @@ def load_checkpoint(path: str, seq_len: int):
     return cfg, params, encode
 
 
-def perplexity(cfg, params, windows: np.ndarray, sparse_fraction: float, batch: int = 16) -> float:
-    fn = jax.jit(lambda p, w: nll(cfg, p, w, sparse_fraction=sparse_fraction))
+def perplexity(model: Model, params, windows: np.ndarray, batch: int = 16) -> float:
+    fn = jax.jit(lambda p, w: nll(model, p, w))
     losses = [float(fn(params, jnp.asarray(windows[i: i + batch]))) * len(windows[i: i + batch])
               for i in range(0, len(windows), batch)]
     return float(math.exp(sum(losses) / len(windows)))
@@ -190,7 +195,7 @@ def run(config: Config) -> dict:
     run_dir = config.run_dir
     prepare_run_dir(run_dir, config)
     t0 = time.time()
-    seq = config.model.seq_len
+    seq = config.train.seq_len
     if config.checkpoint_path:
         cfg, params, encode = load_checkpoint(config.checkpoint_path, seq)
         train_tokens, heldout_tokens = encode("train"), encode("heldout")
@@ -199,7 +204,7 @@ def run(config: Config) -> dict:
         cfg, params = train_model(config, run_dir)
         train_tokens, heldout_tokens = corpus("train"), corpus("heldout")
         source = (f"byte-level decoder trained here: d_model={cfg.d_model}, layers={cfg.n_layers}, heads={cfg.n_heads}, "
-                  f"kv_heads={cfg.num_heads_kv}, d_ff={cfg.d_ff}, {config.model.trainer.steps} steps")
+                  f"kv_heads={cfg.num_heads_kv}, d_ff={cfg.d_ff}, {config.train.trainer.steps} steps")
     calib = fixed_windows(train_tokens, config.calib_windows, seq, seed=10)
     search = fixed_windows(train_tokens, config.search_windows, seq, seed=11)
     evalw = fixed_windows(heldout_tokens, config.eval_windows, seq, seed=12)
@@ -207,7 +212,8 @@ def run(config: Config) -> dict:
     calib_in = rs.collect_inputs(cfg, params, calib[:, :-1])
     search_in = rs.collect_inputs(cfg, params, search[:, :-1])
     f = config.sparse_fraction
-    dense_ppl = perplexity(cfg, params, evalw, 0.0)
+    sparse_model = rs.rsparse_model(cfg, f)
+    dense_ppl = perplexity(Model(cfg), params, evalw)
     print(f"dense perplexity {dense_ppl:.4f}", flush=True)
     rows, recipes = [], {}
     for s in config.sparsities:
@@ -231,7 +237,7 @@ def run(config: Config) -> dict:
             methods["rsparse_evolutionary"] = tree
             recipes[f"evolutionary_{s}"] = evo
         for name, tree in methods.items():
-            ppl = perplexity(cfg, tree, evalw, f)
+            ppl = perplexity(sparse_model, tree, evalw)
             err = mean_layer_error(params, tree, search_in)
             rows.append({"sparsity": s, "method": name, "ppl": ppl, "mean_layer_rel_error": err})
             print(f"s={s} {name:22s} ppl {ppl:.4f}  mean layer rel. error {err:.4f}", flush=True)

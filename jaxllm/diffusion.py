@@ -12,29 +12,38 @@ expectation is reached by the stratified estimator of LLaDA's `get_log_likelihoo
 the n answer tokens (l uniform on 1..n) and weight by n/l. (Both equal the any-order autoregressive bound
 E_σ Σ_k log p(x_σk | x_σ<k); tests check this by exact enumeration.)
 
-Every function takes `logits_fn(tokens [B, L] int32) -> logits [B, L, V] float32`, so the same code serves
-the Transformer (`model_logits_fn`) and the enumerable toy models of the tests. Randomness is an explicit key;
-passing the same key gives the same masks (the "shared masks" of d1/SPG, where the old and the current
-policy are scored on one mask draw per inner iteration: `mask_seeds[step % μ]`).
+Every loss and estimator takes `(model, params, key, tokens, ...)`, where `model(params, tokens [B, L] int32, *,
+attention_mask=None, positions=None) -> logits [B, L, V] float32` is `jaxllm.models.Model(cfg)` (a bidirectional
+Transformer, `cfg.causal=False`) or any other callable of that signature (the enumerable toy models of the tests).
+`attention_mask` / `positions` [B, L], when given (left-padded prompts, `models.left_padding_layout`), are passed
+to the model for every mask draw of the row; when not given the model is called with tokens only. Randomness is
+an explicit key; passing the same key gives the same masks (the "shared masks" of d1/SPG, where the old and the
+current policy are scored on one mask draw per inner iteration: `mask_seeds[step % μ]`).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal, NamedTuple, Optional
+from typing import Any, Callable, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
-LogitsFn = Callable[[jax.Array], jax.Array]
+ModelFn = Callable[..., jax.Array]  # model(params, tokens [B, L], *, attention_mask=, positions=) -> [B, L, V]
 
 LLADA_EPS = 1e-3  # LLaDA GUIDELINES.md: p_mask = (1 - eps) * t + eps
 
 
-def model_logits_fn(cfg, params, attention_mask: Optional[jax.Array] = None) -> LogitsFn:
-    """`logits_fn` for the one Transformer (`cfg.causal` should be False for a dLLM)."""
-    from jaxllm.models.transformer import forward
-
-    return lambda tokens: forward(cfg, params, tokens, attention_mask=attention_mask).logits
+def model_logits(model: ModelFn, params: Any, tokens_NL: jax.Array, attention_mask: Optional[jax.Array] = None,
+                 positions: Optional[jax.Array] = None) -> jax.Array:
+    """model(params, tokens) [N, L, V] for N = S·B noisy rows (sample-major: row s·B + b is draw s of row b) and
+    a row layout given per row [B, L] (repeated over the S draws); only the layout arrays given are passed."""
+    N = tokens_NL.shape[0]
+    extra = {}
+    for name, value in (("attention_mask", attention_mask), ("positions", positions)):
+        if value is not None:
+            reps = N // value.shape[0]
+            extra[name] = jnp.broadcast_to(value[None], (reps,) + value.shape).reshape((N,) + value.shape[1:])
+    return model(params, tokens_NL, **extra)
 
 
 def mask_probability(t: jax.Array, eps: float = LLADA_EPS) -> jax.Array:
@@ -80,19 +89,21 @@ def forward_mask(
 
 
 def pretrain_loss(
-    logits_fn: LogitsFn, key: jax.Array, tokens_BL: jax.Array, mask_id: int, eps: float = LLADA_EPS
+    model: ModelFn, params: Any, key: jax.Array, tokens_BL: jax.Array, mask_id: int, eps: float = LLADA_EPS, *,
+    attention_mask: Optional[jax.Array] = None, positions: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, dict]:
     """LLaDA pre-training loss Σ_{masked} CE / p_mask / (B·L) (GUIDELINES.md). −loss·L is the ELBO per row."""
     B, L = tokens_BL.shape
     mb = forward_mask(key, tokens_BL, mask_id, eps=eps)
-    logp = token_log_probs(logits_fn(mb.noisy), tokens_BL)
+    logp = token_log_probs(model_logits(model, params, mb.noisy, attention_mask, positions), tokens_BL)
     weighted = jnp.where(mb.masked, -logp / mb.p_mask[:, None], 0.0)
     loss = jnp.sum(weighted) / (B * L)
     return loss, {"loss": loss, "mask_frac": jnp.mean(mb.masked.astype(jnp.float32))}
 
 
 def sft_loss(
-    logits_fn: LogitsFn,
+    model: ModelFn,
+    params: Any,
     key: jax.Array,
     tokens_BL: jax.Array,
     prompt_mask_BL: jax.Array,
@@ -100,6 +111,8 @@ def sft_loss(
     *,
     eps: float = LLADA_EPS,
     normalisation: Literal["llada", "d1"] = "llada",
+    attention_mask: Optional[jax.Array] = None,
+    positions: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, dict]:
     """Masked SFT loss: the prompt is never masked; answer tokens (padding EOS included) are.
 
@@ -113,7 +126,7 @@ def sft_loss(
     B, L = tokens_BL.shape
     answer = ~prompt_mask_BL.astype(bool)
     mb = forward_mask(key, tokens_BL, mask_id, maskable_BL=answer, eps=eps)
-    logp = token_log_probs(logits_fn(mb.noisy), tokens_BL)
+    logp = token_log_probs(model_logits(model, params, mb.noisy, attention_mask, positions), tokens_BL)
     weighted = jnp.where(mb.masked, -logp / mb.p_mask[:, None], 0.0)
     answer_len = jnp.maximum(jnp.sum(answer, axis=1).astype(jnp.float32), 1.0)
     if normalisation == "llada":
@@ -135,17 +148,24 @@ def sft_loss(
 # of log p(x[answer] | x[~answer]), averaged over `num_samples` mask draws.
 
 
-def _masked_logp_sum(logits_fn: LogitsFn, tokens_BL, masked_SBL, mask_id) -> jax.Array:
-    """Σ_{masked} log p(x_i | x_masked) for each of S mask draws: [S, B] (one batched forward pass)."""
+def _draw_log_probs(model: ModelFn, params, tokens_BL, masked_SBL, mask_id, attention_mask, positions) -> jax.Array:
+    """log p(x_i | x with draw s masked) at every position, for each of S mask draws: [S, B, L] (one forward)."""
     S, B, L = masked_SBL.shape
     noisy = jnp.where(masked_SBL, jnp.int32(mask_id), jnp.broadcast_to(tokens_BL.astype(jnp.int32), (S, B, L)))
     targets = jnp.broadcast_to(tokens_BL.astype(jnp.int32), (S, B, L)).reshape(S * B, L)
-    logp = token_log_probs(logits_fn(noisy.reshape(S * B, L)), targets).reshape(S, B, L)
+    logits = model_logits(model, params, noisy.reshape(S * B, L), attention_mask, positions)
+    return token_log_probs(logits, targets).reshape(S, B, L)
+
+
+def _masked_logp_sum(model: ModelFn, params, tokens_BL, masked_SBL, mask_id, attention_mask, positions) -> jax.Array:
+    """Σ_{masked} log p(x_i | x_masked) for each of S mask draws: [S, B] (one batched forward pass)."""
+    logp = _draw_log_probs(model, params, tokens_BL, masked_SBL, mask_id, attention_mask, positions)
     return jnp.sum(jnp.where(masked_SBL, logp, 0.0), axis=-1)
 
 
 def elbo_random_t(
-    logits_fn: LogitsFn,
+    model: ModelFn,
+    params: Any,
     key: jax.Array,
     tokens_BL: jax.Array,
     answer_mask_BL: jax.Array,
@@ -154,6 +174,8 @@ def elbo_random_t(
     *,
     eps: float = LLADA_EPS,
     antithetic: bool = False,
+    attention_mask: Optional[jax.Array] = None,
+    positions: Optional[jax.Array] = None,
 ) -> jax.Array:
     """Monte Carlo ELBO with random t: mean over samples of Σ_{masked} log p / p_mask.  [B]
 
@@ -173,7 +195,8 @@ def elbo_random_t(
         t = jax.random.uniform(k_t, (num_samples, B), jnp.float32)
     p = mask_probability(t, eps)  # [S, B]
     masked = (jax.random.uniform(k_u, (num_samples, B, L)) < p[..., None]) & answer_mask_BL.astype(bool)[None]
-    return jnp.mean(_masked_logp_sum(logits_fn, tokens_BL, masked, mask_id) / p, axis=0)
+    return jnp.mean(_masked_logp_sum(model, params, tokens_BL, masked, mask_id, attention_mask, positions) / p,
+                    axis=0)
 
 
 def _random_subset(key: jax.Array, eligible_BL: jax.Array, count_B: jax.Array) -> jax.Array:
@@ -199,12 +222,16 @@ def stratified_mask_counts(key: jax.Array, n_B: jax.Array, num_samples: int) -> 
 
 
 def elbo_stratified(
-    logits_fn: LogitsFn,
+    model: ModelFn,
+    params: Any,
     key: jax.Array,
     tokens_BL: jax.Array,
     answer_mask_BL: jax.Array,
     mask_id: int,
     num_samples: int,
+    *,
+    attention_mask: Optional[jax.Array] = None,
+    positions: Optional[jax.Array] = None,
 ) -> jax.Array:
     """LLaDA `get_log_likelihood`: mask exactly l of the n answer tokens (l stratified over 1..n), weight n/l.
 
@@ -218,7 +245,8 @@ def elbo_stratified(
     keys = jax.random.split(k_m, num_samples)
     masked = jax.vmap(lambda k, c: _random_subset(k, answer, c))(keys, counts)  # [S, B, L]
     weight = n[None].astype(jnp.float32) / counts.astype(jnp.float32)
-    return jnp.mean(_masked_logp_sum(logits_fn, tokens_BL, masked, mask_id) * weight, axis=0)
+    logp_sum = _masked_logp_sum(model, params, tokens_BL, masked, mask_id, attention_mask, positions)
+    return jnp.mean(logp_sum * weight, axis=0)
 
 
 class BlockMasks(NamedTuple):
@@ -281,7 +309,8 @@ def block_random_masks(
 
 
 def elbo_block(
-    logits_fn: LogitsFn,
+    model: ModelFn,
+    params: Any,
     key: jax.Array,
     tokens_BL: jax.Array,
     prompt_len: int,
@@ -291,6 +320,8 @@ def elbo_block(
     block_length: int,
     num_samples: int = 2,
     p_mask_clean: float = 0.15,
+    attention_mask: Optional[jax.Array] = None,
+    positions: Optional[jax.Array] = None,
 ) -> jax.Array:
     """SPG's per-sequence ELBO with block-wise masks (SPGTrainer._get_per_seq_logps, dllm_rl.md §5.2):
 
@@ -301,10 +332,8 @@ def elbo_block(
     """
     bm = block_random_masks(key, prompt_len, completion_mask_BG, block_length=block_length,
                             num_samples=num_samples, p_mask_clean=p_mask_clean)
-    S, B, L = bm.masked.shape
-    noisy = jnp.where(bm.masked, jnp.int32(mask_id), jnp.broadcast_to(tokens_BL.astype(jnp.int32), (S, B, L)))
-    targets = jnp.broadcast_to(tokens_BL.astype(jnp.int32), (S, B, L)).reshape(S * B, L)
-    logp = token_log_probs(logits_fn(noisy.reshape(S * B, L)), targets).reshape(S, B, L)[..., prompt_len:]
+    logp = _draw_log_probs(model, params, tokens_BL, bm.masked, mask_id, attention_mask,
+                           positions)[..., prompt_len:]
     num = jnp.sum(jnp.where(bm.loss_mask, logp, 0.0), axis=-1)
     den = jnp.maximum(jnp.sum(bm.loss_mask, axis=-1).astype(jnp.float32), 1e-8)
     return jnp.mean(num / den, axis=0)

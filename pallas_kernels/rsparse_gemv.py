@@ -44,6 +44,14 @@ class BlockSizes:
     num_warps: int = 4
     num_stages: int = 2
 
+    def fits(self, d_in: int, d_out: int) -> bool:
+        """Whether a [d_in, d_out] layer can use these blocks (`pack_weights` pads the rank to fit)."""
+        try:
+            self.validate(d_in, d_out, 0)
+        except ValueError:
+            return False
+        return True
+
     def validate(self, d_in: int, d_out: int, rank_padded: int) -> None:
         for name in ("block_k", "block_n", "block_r"):
             v = getattr(self, name)

@@ -18,7 +18,10 @@ def run_python(code: str, devices: int = 8, timeout: int = 600, env: dict | None
     """
     full_env = dict(os.environ)
     full_env.update({
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        # The concurrency-optimised CPU scheduler has deadlocked sharded steps in XLA:CPU's collective rendezvous
+        # on 2 loaded cores (4 forced devices, GaLore); the plain scheduler has not.
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} "
+                     "--xla_cpu_enable_concurrency_optimized_scheduler=false",
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", ""),
     })

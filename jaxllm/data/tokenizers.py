@@ -100,7 +100,21 @@ class HFTokenizer:
             v = conf.get(key)
             return v.get("content") if isinstance(v, dict) else v
 
-        self.bos_token, self.eos_token, self.pad_token = name(bos_token, "bos_token"), name(eos_token, "eos_token"), name(pad_token, "pad_token")
+        self.chat_template = conf.get("chat_template")
+        self._set_specials(name(bos_token, "bos_token"), name(eos_token, "eos_token"), name(pad_token, "pad_token"))
+
+    @classmethod
+    def from_backend(cls, tokenizer, bos_token: Optional[str] = None, eos_token: Optional[str] = None,
+                     pad_token: Optional[str] = None, chat_template: Optional[str] = None) -> "HFTokenizer":
+        """Wrap an already built `tokenizers.Tokenizer` (e.g. from a GGUF vocabulary: `jaxllm.hf.gguf`)."""
+        self = cls.__new__(cls)
+        self._tok = tokenizer
+        self.chat_template = chat_template
+        self._set_specials(bos_token, eos_token, pad_token)
+        return self
+
+    def _set_specials(self, bos_token: Optional[str], eos_token: Optional[str], pad_token: Optional[str]) -> None:
+        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
         self.bos_id = self._lookup(self.bos_token, "bos_token")
         self.eos_id = self._lookup(self.eos_token, "eos_token")
         pad = self._lookup(self.pad_token, "pad_token")
@@ -142,3 +156,60 @@ class HFTokenizer:
         if bad:
             raise ValueError(f"HFTokenizer: ids {bad[:5]} outside the vocabulary [0, {self.vocab_size})")
         return self._tok.decode(ids, skip_special_tokens=skip_special)
+
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True, **kwargs) -> str:
+        """The prompt text for `messages` ([{"role": ..., "content": ...}]) rendered by the tokenizer's Jinja chat
+        template in a sandbox (as transformers does); encode it with `encode` (special tokens in the text are
+        matched whole)."""
+        if not self.chat_template:
+            raise ValueError("HFTokenizer: this tokenizer has no chat template")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise ValueError(f"chat template: {message}")
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env.globals["raise_exception"] = raise_exception
+        env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+        return env.from_string(self.chat_template).render(
+            messages=list(messages), add_generation_prompt=add_generation_prompt, bos_token=self.bos_token,
+            eos_token=self.eos_token, pad_token=self.pad_token, **kwargs)
+
+
+# The d1/SPG answer format's tags, one token each in `TagVocab`.
+TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
+
+
+class TagVocab:
+    """The masked-diffusion toy vocabulary: ids 0, 1, 2 = PAD, EOS, MASK, then whole-tag tokens (`TAGS`), then
+    characters. Unlike `CharTokenizer` it has a MASK id and no BOS (the dLLM experiments' layout). Decoding renders the tags as in the reference's
+    XML format (each tag on its own line), so rewards parse ordinary text."""
+
+    def __init__(self, chars: str):
+        self.items = ["<pad>", "<eos>", "<mask>", *TAGS, *chars]
+        self.ids = {s: i for i, s in enumerate(self.items)}
+        self.pad, self.eos, self.mask = 0, 1, 2
+
+    def __len__(self):
+        return len(self.items)
+
+    def encode(self, pieces: Sequence[str]) -> list[int]:
+        """Pieces are tags or strings of characters."""
+        out = []
+        for p in pieces:
+            out.extend([self.ids[p]] if p in self.ids and len(p) > 1 else [self.ids[c] for c in p])
+        return out
+
+    def decode(self, ids) -> str:
+        text = []
+        for i in ids:
+            i = int(i)
+            if i == self.eos:
+                break
+            s = self.items[i]
+            if s in TAGS:
+                s = ("\n" if s.startswith("</") else "") + s + "\n"
+            elif i in (self.pad, self.mask):
+                s = ""
+            text.append(s)
+        return "".join(text).replace("\n\n", "\n").strip("\n")

@@ -13,6 +13,8 @@ its s-th thought, so one static shape serves every curriculum stage and `uniform
 
 Losses on the logits read at one position per sample (the Emergence paper's Eq. 5-6):
     set loss = -log sum_{v in S} softmax(logits)_v;  S one-hot (Coconut CE) or a node set (Coconut-BFS).
+The discrete CoT / no-CoT baselines are plain language modelling: `jaxllm.train.lm.next_token_loss` and
+`jaxllm.sampling.autoregressive.generate`.
 """
 
 from __future__ import annotations
@@ -103,31 +105,6 @@ def latent_loss(cfg, params, batch: dict, rng, n_slots: int, latent_start: int):
     metrics = {"acc": jnp.mean(hit.astype(jnp.float32)),
                "answer_acc": jnp.sum(hit * final) / jnp.maximum(jnp.sum(final), 1.0)}
     return jnp.mean(nll), metrics
-
-
-def token_loss(cfg, params, batch: dict, rng):
-    """Next-token CE on the positions where `loss_mask` is set (discrete CoT / no-CoT language modelling)."""
-    out = tfm.forward(cfg, params, batch["tokens"], positions=batch["positions"],
-                      attention_mask=batch["attention_mask"], dropout_rng=rng)
-    logp = jax.nn.log_softmax(out.logits[:, :-1], -1)
-    nll = -jnp.take_along_axis(logp, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
-    mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
-    return jnp.sum(nll * mask) / jnp.maximum(jnp.sum(mask), 1.0), {}
-
-
-def greedy_decode(cfg, params, batch: dict, n_new: int) -> jax.Array:
-    """[B, n_new] greedy continuation of the left-padded prompts (full forward per token; tiny models)."""
-    tokens, positions, mask = batch["tokens"], batch["positions"], batch["attention_mask"]
-    B, P = tokens.shape
-    last_pos = positions[:, -1]
-    tokens = jnp.concatenate([tokens, jnp.zeros((B, n_new), tokens.dtype)], 1)
-    positions = jnp.concatenate([positions, last_pos[:, None] + 1 + jnp.arange(n_new)[None]], 1)
-    mask = jnp.concatenate([mask, jnp.ones((B, n_new), bool)], 1)
-    for i in range(n_new):
-        logits = tfm.forward(cfg, params, tokens[:, : P + i], positions=positions[:, : P + i],
-                             attention_mask=mask[:, : P + i]).logits[:, -1]
-        tokens = tokens.at[:, P + i].set(jnp.argmax(logits, -1).astype(tokens.dtype))
-    return tokens[:, P:]
 
 
 def as_numpy(batch: dict) -> dict:

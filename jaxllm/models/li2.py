@@ -28,12 +28,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxllm.config import ConfigError, check, check_choice
-from jaxllm.optim.muon import muon_with_adam
+from jaxllm.config import check, check_choice
 
 ACTIVATIONS = ("sqr", "relu", "silu", "relu2")
 LOSSES = ("mse", "ce")
-OPTIMIZERS = ("adam", "adamw", "muon")
 STAGES = ("lazy", "independent", "interactive")
 
 
@@ -237,24 +235,3 @@ def stage_of(energy_growth: float, coverage: float | None) -> str:
     if coverage is not None and coverage >= INTERACTIVE_MIN_COVERAGE:
         return "interactive"
     return "independent"
-
-
-# ---------------------------------------------------------------------------------------------- optimizers
-
-
-def make_optimizer(name: str, learning_rate: float, weight_decay: float, muon_beta: float = 0.99
-                   ) -> optax.GradientTransformation:
-    """The reference's optimizers: "adam" (torch Adam: coupled L2, g ← g + wd·θ, then Adam), "adamw"
-    (decoupled decay) and "muon" (Muon on W with decoupled decay, coupled-L2 Adam on V)."""
-    check_choice("optimizer", name, OPTIMIZERS)
-    if not (learning_rate > 0):
-        raise ConfigError(f"lr must be > 0, got {learning_rate}")
-    if weight_decay < 0:
-        raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
-    if name == "adam":
-        # Order matters: the decay term joins the gradient before Adam's normalisation (torch Adam's L2).
-        return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(learning_rate))
-    if name == "adamw":
-        return optax.adamw(learning_rate, weight_decay=weight_decay)
-    return muon_with_adam(lambda params: {"W": "muon", "V": "adam"}, learning_rate, beta=muon_beta,
-                          weight_decay=weight_decay, adam_weight_decay=weight_decay, adam_coupled_decay=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from jaxllm.config import register_choices
 from jaxllm.models.transformer import TransformerConfig
 
 # MobileLLM-R1 (arXiv 2509.24945, Table 1): Llama4-text decoders, interleaved RoPE, QK-norm, tied embeddings.
@@ -39,6 +40,9 @@ PRESETS: dict[str, TransformerConfig] = {
     "tiny_gpt2": TransformerConfig(vocab_size=40, d_model=64, n_layers=2, n_heads=4, d_ff=256, max_seq_len=256,
                                    flavour="gpt2", dropout=0.0),
 }
+
+
+register_choices(TransformerConfig, PRESETS)  # `model=<preset>` on the command line, then `model.<field>=...`
 
 
 def get_preset(name: str, **overrides) -> TransformerConfig:

@@ -9,7 +9,10 @@ Flavours (one code path, switched by `TransformerConfig`):
 (Coconut continuous thoughts). An optional KV cache serves autoregressive decoding.
 
 Why pure functions rather than Flax modules: the same parameter tree is seen by optax, orbax, the sharding
-rules, the HF name mapping and R-Sparse's parameter transform, and the KV cache is explicit state.
+rules, the HF name mapping and R-Sparse's parameter transform, and the KV cache is explicit state. Every
+projection goes through an injected `linear(name, p, x, eqn)` (`dense_linear` by default), which is how R-Sparse
+(jaxllm/sparse) changes the matmuls without this module knowing about it. `jaxllm.models.Model` bundles a
+config and a linear into the hashable model object the samplers, losses and estimators take.
 
 Parameter tree (shapes; D=d_model, H=heads, K=kv heads, h=head_dim, F=d_ff, V=vocab, P=max_seq_len):
     embed [V, D]; pos_embed [P, D] (gpt2); lm_head [D, V] (untied only)
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Any, Callable, Literal, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -236,12 +239,18 @@ def rope(x_BTNh: jax.Array, positions_BT: jax.Array, theta: float, layout: str) 
     return out.astype(x_BTNh.dtype)
 
 
-def linear(p: Params, x: jax.Array, eqn: str) -> jax.Array:
-    """One projection: einsum with p['kernel'] (+ p['bias']). The single place every matmul goes through."""
-    if "rsparse_dense_tokens" in p:  # R-Sparse projection tagged by forward(sparse_fraction>0): jaxllm/sparse
-        from jaxllm.sparse.rsparse import sparse_linear
+Linear = Callable[[str, Params, jax.Array, str], jax.Array]
 
-        return sparse_linear(p, x, eqn)
+
+def dense_linear(name: str, p: Params, x: jax.Array, eqn: str) -> jax.Array:
+    """The default projection: einsum with p['kernel'] (+ p['bias']), in x's dtype.
+
+    Every matmul of the Transformer goes through a `linear(name, p, x, eqn)` of this signature, where `name` is
+    the projection's path in the parameter tree (`layer_3/attn/q`) and `p` its parameter dict; another linear
+    (R-Sparse, `jaxllm.sparse.rsparse.RSparseLinear`) is injected through `forward(..., linear=)` /
+    `jaxllm.models.Model(cfg, linear=)`, so this module never needs to know about it.
+    """
+    del name
     y = jnp.einsum(eqn, x, p["kernel"].astype(x.dtype))
     if "bias" in p:
         b = p["bias"].astype(x.dtype)
@@ -292,13 +301,17 @@ def attention(
     cache_index: Optional[jax.Array],
     dropout_rng: Optional[jax.Array],
     return_attention: bool,
+    linear: Linear = dense_linear,
+    name: str = "attn",
 ):
-    """Grouped-query attention. Returns (out [B,T,D], new layer cache or None, (probs, scores) or None)."""
+    """Grouped-query attention. Returns (out [B,T,D], new layer cache or None, (probs, scores) or None).
+
+    `linear` computes the q/k/v/o projections, called with the names `{name}/q` ... (see `dense_linear`)."""
     H, K, h = cfg.n_heads, cfg.num_heads_kv, cfg.head_size
     G = H // K
-    q = linear(p["q"], x_BTD, "BTD,DNh->BTNh")
-    k = linear(p["k"], x_BTD, "BTD,DNh->BTNh")
-    v = linear(p["v"], x_BTD, "BTD,DNh->BTNh")
+    q = linear(f"{name}/q", p["q"], x_BTD, "BTD,DNh->BTNh")
+    k = linear(f"{name}/k", p["k"], x_BTD, "BTD,DNh->BTNh")
+    v = linear(f"{name}/v", p["v"], x_BTD, "BTD,DNh->BTNh")
     if cfg.flavour == "llama":
         q = rope(q, positions_BT, cfg.rope_theta, cfg.rope_layout)
         k = rope(k, positions_BT, cfg.rope_theta, cfg.rope_layout)
@@ -319,19 +332,22 @@ def attention(
     probs = jax.nn.softmax(scores, axis=-1)
     probs_d = _dropout(probs, cfg.dropout, dropout_rng).astype(v.dtype)
     out = jnp.einsum("BKGTS,BSKh->BTKGh", probs_d, v).reshape(B, T, H, h)
-    out = linear(p["o"], out, "BTNh,NhD->BTD")
+    out = linear(f"{name}/o", p["o"], out, "BTNh,NhD->BTD")
     attn_info = None
     if return_attention:
         attn_info = (probs.reshape(B, H, T, S), scores.reshape(B, H, T, S))
     return out, new_cache, attn_info
 
 
-def mlp(cfg: TransformerConfig, p: Params, x_BTD: jax.Array) -> jax.Array:
+def mlp(cfg: TransformerConfig, p: Params, x_BTD: jax.Array, linear: Linear = dense_linear,
+        name: str = "mlp") -> jax.Array:
+    """SwiGLU (llama) or GELU (gpt2) MLP; projections through `linear` as `{name}/gate` ... (see `dense_linear`)."""
     if cfg.flavour == "gpt2":
-        return linear(p["proj"], jax.nn.gelu(linear(p["fc"], x_BTD, "BTD,DF->BTF"), approximate=True), "BTF,FD->BTD")
-    gate = linear(p["gate"], x_BTD, "BTD,DF->BTF")
-    up = linear(p["up"], x_BTD, "BTD,DF->BTF")
-    return linear(p["down"], jax.nn.silu(gate) * up, "BTF,FD->BTD")
+        h = jax.nn.gelu(linear(f"{name}/fc", p["fc"], x_BTD, "BTD,DF->BTF"), approximate=True)
+        return linear(f"{name}/proj", p["proj"], h, "BTF,FD->BTD")
+    gate = linear(f"{name}/gate", p["gate"], x_BTD, "BTD,DF->BTF")
+    up = linear(f"{name}/up", p["up"], x_BTD, "BTD,DF->BTF")
+    return linear(f"{name}/down", p["down"], jax.nn.silu(gate) * up, "BTF,FD->BTD")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -372,7 +388,7 @@ def forward(
     return_layer_hiddens: bool = False,
     return_attention: bool = False,
     compute_logits: bool = True,
-    sparse_fraction: float = 0.0,
+    linear: Linear = dense_linear,
 ) -> TransformerOutput:
     """Run the Transformer.
 
@@ -386,8 +402,8 @@ def forward(
       dropout_rng: a key turns dropout on (gpt2 flavour, training); None = deterministic.
       segment_ids: [batch, seq] int ids of packed documents; a token attends only to keys of its own
         segment (no cache). Pass `positions` restarting per segment alongside.
-      sparse_fraction: R-Sparse (jaxllm/sparse/rsparse.py): the last ceil(f*seq) tokens of this call go through
-        the sparse linear of every projection that carries an `rsparse` entry (0 = dense, e.g. prefill; 1 = decode).
+      linear: the function every projection goes through (`dense_linear`; R-Sparse supplies its own). Usually
+        set once by `jaxllm.models.Model(cfg, linear=...)`.
     Returns:
       TransformerOutput(logits [B,T,V] f32, hidden [B,T,D], cache, layer_hiddens, attention).
     """
@@ -417,10 +433,6 @@ def forward(
     hiddens, attns = [], []
     for i in range(cfg.n_layers):
         lp = params[f"layer_{i}"]
-        if sparse_fraction:  # R-Sparse: tag this layer's R-Sparse projections (no-op for plain trees)
-            from jaxllm.sparse.rsparse import mark_sparse_layer
-
-            lp = mark_sparse_layer(lp, f"layer_{i}", T, sparse_fraction)
         if return_layer_hiddens:
             hiddens.append(x)
         attn_rng = resid_rng = None
@@ -429,10 +441,11 @@ def forward(
         layer_cache = None if cache is None else cache[f"layer_{i}"]
         a, c, info = attention(
             cfg, lp["attn"], apply_norm(cfg, lp["attn_norm"], x), positions, mask, layer_cache, offset,
-            attn_rng, return_attention,
+            attn_rng, return_attention, linear, f"layer_{i}/attn",
         )
         x = x + _dropout(a, cfg.dropout, resid_rng)
-        x = x + _dropout(mlp(cfg, lp["mlp"], apply_norm(cfg, lp["mlp_norm"], x)), cfg.dropout, rngs[2 * i + 1])
+        m = mlp(cfg, lp["mlp"], apply_norm(cfg, lp["mlp_norm"], x), linear, f"layer_{i}/mlp")
+        x = x + _dropout(m, cfg.dropout, rngs[2 * i + 1])
         if cache is not None:
             new_cache[f"layer_{i}"] = c
         if return_attention:

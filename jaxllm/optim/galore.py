@@ -30,10 +30,16 @@ refreshes at count = 0 and whenever (count - o_i) % T == 0 with offsets o_i spre
 At a refresh the moments are kept as galore-torch does (`moments="keep"`), zeroed with the bias correction
 restarted (`"reset"`), or rotated into the new basis (`"rotate"`: M <- C M, V <- (C*C) V, C = P_new^T P_old,
 for the left side; transposed for the right).
+
+Sharding: each leaf's state records which parameter axes its projector spans and which its moments keep
+(`GaLoreLeafState.param_dims`), so `jaxllm.parallel.shardings_like` shards the low-rank state like the
+parameter (under FSDP the projector of a q kernel is split along embed like the kernel) instead of replicating it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from typing import Any, Callable, Literal, NamedTuple, Optional, Union
 
@@ -56,12 +62,29 @@ class MatrixView(NamedTuple):
     transpose: bool = False
 
 
-class GaLoreLeafState(NamedTuple):
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["projector", "mu", "nu", "last_refresh", "key"],
+                   meta_fields=["projected_axes", "kept_axes", "left"])
+@dataclasses.dataclass(frozen=True)
+class GaLoreLeafState:
+    """The state of one projected leaf. The static fields say which axes of the parameter the projector spans
+    (the projected side: m on the left, n on the right) and which the moments keep, so that the state can be
+    sharded like the parameter (`param_dims`, used by `jaxllm.parallel.shardings_like`)."""
+
     projector: jax.Array  # [m, r] (left side) or [n, r] (right side), orthonormal columns, float32
     mu: jax.Array  # first moment, [r, n] (left) or [m, r] (right)
     nu: jax.Array  # second moment, same shape as mu
     last_refresh: jax.Array  # int32 scalar: count at the last projector refresh, -1 before the first
     key: jax.Array  # uint32[2] raw PRNG key, split at each randomized refresh
+    projected_axes: tuple[int, ...] = ()  # static: parameter axes merged into the projected side
+    kept_axes: tuple[int, ...] = ()  # static: parameter axes merged into the side the moments keep
+    left: bool = True  # static
+
+    def param_dims(self) -> dict[str, tuple]:
+        """Per array field, per dimension: the parameter axes that dimension is made of (None: the rank r)."""
+        moments = (None, self.kept_axes) if self.left else (self.kept_axes, None)
+        return {"projector": (self.projected_axes, None), "mu": moments, "nu": moments, "last_refresh": (),
+                "key": (None,)}
 
 
 class GaLoreState(NamedTuple):
@@ -218,6 +241,13 @@ def _plans(tree: Any, rank, side: str, update_proj_gap: int, stagger: bool,
     return plans, treedef
 
 
+def _matrix_axes(p: _Plan) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The parameter axes that form the m rows and the n columns of the matrix GaLore sees."""
+    rows = tuple(range(p.view.row_axes))
+    cols = tuple(range(p.view.row_axes, len(p.shape)))
+    return (cols, rows) if p.view.transpose else (rows, cols)
+
+
 def _low_rank_shape(p: _Plan) -> tuple[int, int]:
     return (p.rank, p.n) if p.left else (p.m, p.rank)
 
@@ -261,12 +291,16 @@ def scale_by_galore(
         leaves = []
         for i, p in enumerate(plans):
             lr_shape = _low_rank_shape(p)
+            m_axes, n_axes = _matrix_axes(p)
             leaves.append(GaLoreLeafState(
                 projector=jnp.zeros(((p.m if p.left else p.n), p.rank), jnp.float32),
                 mu=jnp.zeros(lr_shape, mdtype),
                 nu=jnp.zeros(lr_shape, mdtype),
                 last_refresh=jnp.full((), -1, jnp.int32),
                 key=jax.random.fold_in(base, i),
+                projected_axes=m_axes if p.left else n_axes,
+                kept_axes=n_axes if p.left else m_axes,
+                left=p.left,
             ))
         return GaLoreState(count=jnp.zeros((), jnp.int32), leaves=jax.tree.unflatten(treedef, leaves))
 
@@ -291,7 +325,8 @@ def scale_by_galore(
                     mu, nu = c @ mu, jnp.square(c) @ nu
                 else:
                     mu, nu = mu @ c.T, nu @ jnp.square(c).T
-            return GaLoreLeafState(new, mu.astype(mdtype), nu.astype(mdtype), count, key)
+            return dataclasses.replace(st, projector=new, mu=mu.astype(mdtype), nu=nu.astype(mdtype),
+                                       last_refresh=count, key=key)
 
         due = (st.last_refresh < 0) | ((count - p.offset) % update_proj_gap == 0)
         st = jax.lax.cond(due, refresh, lambda s: s, st)
@@ -308,7 +343,7 @@ def scale_by_galore(
             normed = (mu / bc1) / (jnp.sqrt(nu / bc2) + eps)
         back = basis @ normed if p.left else normed @ basis.T  # [m, n]
         out = from_matrix(scale * back, p.view, p.shape).astype(g.dtype)
-        return out, st._replace(mu=mu.astype(mdtype), nu=nu.astype(mdtype))
+        return out, dataclasses.replace(st, mu=mu.astype(mdtype), nu=nu.astype(mdtype))
 
     def update_fn(updates, state, params=None):
         del params

@@ -19,20 +19,35 @@ Differences from the reference, on purpose:
   change. The reference only supports a prompt prefix.
 - Only positions of the generation region can be unmasked (the reference would also fill MASK tokens that
   appear inside the prompt).
+- The mask token is never chosen as generated text (`allow_mask_token=False`, the default): x0 is drawn with the
+  mask id's logit at −∞, while the confidence stays LLaDA's softmax(logits)[x0] over the full vocabulary. The
+  reference, run at τ > 0 on an untrained model, can write the mask id into a rollout; `allow_mask_token=True`
+  lets the mask id be chosen again (such a position then counts as decoded and keeps the mask id, where the
+  reference would let it compete again in later steps of the block).
+- Prompts of different lengths in one batch: left-padded to P, with `prompt_lengths` [B]; the padding is hidden
+  by the attention mask and each row's positions start at 0 at its first real token
+  (`models.left_padding_layout`), so a row's sample does not depend on its batch mates. The reference (and
+  SPG/d1) assume one prompt length per batch, which is what `prompt_lengths=None` gives.
+
+The model is `jaxllm.models.Model(cfg)` (cfg.causal=False) or any hashable callable `model(params, tokens, *,
+attention_mask=None, positions=None) -> logits`; it is called with the layout keywords only when
+`prompt_lengths` is given. It is a static argument of the jitted sampler: equal models share one compilation.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from functools import partial
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxllm.config import ConfigError, check, check_choice
+from jaxllm.models.model import left_padding_layout
 
-ApplyFn = Callable[[Any, jax.Array], jax.Array]  # (params, tokens [B, L]) -> logits [B, L, V]
+ModelFn = Callable[..., jax.Array]  # model(params, tokens [B, L], *, attention_mask=, positions=) -> [B, L, V]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +60,7 @@ class DiffusionSamplerConfig:
     remasking: str = "low_confidence"  # or "random"
     cfg_scale: float = 0.0  # classifier-free guidance weight w (0 = off)
     noise_dtype: str = "float32"  # Gumbel noise precision: float32 or float64 (needs jax_enable_x64)
+    allow_mask_token: bool = False  # True = LLaDA's reference: the mask id may be chosen as generated text
 
     def __post_init__(self):
         for name in ("gen_length", "block_length", "steps"):
@@ -101,7 +117,8 @@ def _top_k_by_row(conf_BG: jax.Array, k_B: jax.Array) -> jax.Array:
     return ranks < k_B[:, None]
 
 
-def _sample(apply_fn: ApplyFn, config: DiffusionSamplerConfig, params, prompt_BP, key, fixed_tokens_BG, fixed_BG):
+def _sample(model: ModelFn, config: DiffusionSamplerConfig, params, prompt_BP, key, fixed_tokens_BG, fixed_BG,
+            prompt_lengths_B):
     B, P = prompt_BP.shape
     G, bl, spb = config.gen_length, config.block_length, config.steps_per_block
     mask_id = jnp.int32(config.mask_id)
@@ -111,14 +128,19 @@ def _sample(apply_fn: ApplyFn, config: DiffusionSamplerConfig, params, prompt_BP
     unmask_step = jnp.full((B, G), -1, jnp.int32)
     confidence = jnp.where(fixed_BG, 1.0, 0.0).astype(jnp.float32)
     is_gen_mask0 = ~fixed_BG  # positions still to be generated
+    layout = {}
+    if prompt_lengths_B is not None:  # left padding: hidden keys, positions from each row's first real token
+        key_mask, positions = left_padding_layout(prompt_lengths_B, P, P + G)
+        layout = {"attention_mask": key_mask, "positions": positions}
 
     def logits_of(x):
         if config.cfg_scale > 0:
             un_x = x.at[:, :P].set(mask_id)
-            both = apply_fn(params, jnp.concatenate([x, un_x], axis=0)).astype(jnp.float32)
+            both_layout = {k: jnp.concatenate([v, v], axis=0) for k, v in layout.items()}
+            both = model(params, jnp.concatenate([x, un_x], axis=0), **both_layout).astype(jnp.float32)
             cond, un = both[:B], both[B:]
             return un + (config.cfg_scale + 1.0) * (cond - un)
-        return apply_fn(params, x).astype(jnp.float32)
+        return model(params, x, **layout).astype(jnp.float32)
 
     def block_body(b, carry):
         x, unmask_step, confidence, pending = carry
@@ -130,7 +152,14 @@ def _sample(apply_fn: ApplyFn, config: DiffusionSamplerConfig, params, prompt_BP
             step = b * spb + s
             k_step = jax.random.fold_in(key, step)
             logits = logits_of(x)[:, P:]  # [B, G, V]
-            x0 = gumbel_argmax(k_step, logits, config.temperature, config.noise_dtype)
+            V = logits.shape[-1]
+            if not 0 <= config.mask_id < V:
+                raise ValueError(f"DiffusionSamplerConfig.mask_id={config.mask_id} is outside the model's "
+                                 f"vocabulary [0, {V})")
+            choice = logits
+            if not config.allow_mask_token:  # the mask id is never generated text; confidence stays LLaDA's
+                choice = jnp.where(jnp.arange(V) == config.mask_id, -jnp.inf, logits)
+            x0 = gumbel_argmax(k_step, choice, config.temperature, config.noise_dtype)
             probs = jax.nn.softmax(logits, axis=-1)
             p_x0 = jnp.take_along_axis(probs, x0[..., None], axis=-1)[..., 0]
             if config.remasking == "low_confidence":
@@ -155,31 +184,36 @@ def _sample(apply_fn: ApplyFn, config: DiffusionSamplerConfig, params, prompt_BP
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _sample_jit(apply_fn, config, params, prompt_BP, key, fixed_tokens_BG, fixed_BG):
-    return _sample(apply_fn, config, params, prompt_BP, key, fixed_tokens_BG, fixed_BG)
+def _sample_jit(model, config, params, prompt_BP, key, fixed_tokens_BG, fixed_BG, prompt_lengths_B):
+    return _sample(model, config, params, prompt_BP, key, fixed_tokens_BG, fixed_BG, prompt_lengths_B)
 
 
 def generate(
-    apply_fn: ApplyFn,
+    model: ModelFn,
     params,
     prompt_BP: jax.Array,
     key: jax.Array,
     config: DiffusionSamplerConfig,
     *,
+    prompt_lengths: Optional[jax.Array] = None,
     fixed_tokens: Optional[jax.Array] = None,
     fixed: Optional[jax.Array] = None,
 ) -> DiffusionSample:
-    """Sample completions for a batch of prompts. Jitted once per (apply_fn, config, shapes).
+    """Sample completions for a batch of prompts. Jitted once per (model, config, shapes, padded or not).
 
-    apply_fn: (params, tokens [B, L] int32) -> logits [B, L, V]; a module-level function or a cached partial,
-      so that the jit cache is reused (e.g. `transformer_apply_fn(cfg)`).
-    prompt_BP: [B, P] int32 prompts (no padding handling: like SPG/d1, one prompt length per batch).
+    model: `jaxllm.models.Model(cfg)` or another hashable `model(params, tokens, *, attention_mask=None,
+      positions=None) -> logits [B, L, V]` (static under jit: equal models reuse the compilation).
+    prompt_BP: [B, P] int32 prompts; with `prompt_lengths` [B] int (0..P), row b's prompt is its last
+      prompt_lengths[b] tokens (left padding, any pad id; hidden by the attention mask, positions restart at
+      the first real token). Default: every row is a full-length prompt and the model sees tokens only.
     fixed_tokens / fixed: [B, gen_length] int32 tokens and bool mask of generation positions given in advance
       (inpainting); they are never modified.
+    Returns DiffusionSample(tokens [B, P + G] (the padded prompt, then the generation), unmask_step [B, G],
+      confidence [B, G]).
     """
     if prompt_BP.ndim != 2:
         raise ValueError(f"prompt must be [batch, prompt_len], got shape {prompt_BP.shape}")
-    B = prompt_BP.shape[0]
+    B, P = prompt_BP.shape
     G = config.gen_length
     if (fixed is None) != (fixed_tokens is None):
         raise ValueError("pass both fixed_tokens and fixed (inpainting), or neither")
@@ -189,17 +223,14 @@ def generate(
     for name, arr in (("fixed", fixed), ("fixed_tokens", fixed_tokens)):
         if tuple(arr.shape) != (B, G):
             raise ValueError(f"{name} must have shape (batch, gen_length) = {(B, G)}, got {tuple(arr.shape)}")
-    return _sample_jit(apply_fn, config, params, jnp.asarray(prompt_BP, jnp.int32), key,
-                       jnp.asarray(fixed_tokens, jnp.int32), jnp.asarray(fixed, bool))
-
-
-_APPLY_CACHE: dict = {}
-
-
-def transformer_apply_fn(cfg) -> ApplyFn:
-    """(params, tokens) -> logits for the one Transformer, cached per config so jit caches are reused."""
-    if cfg not in _APPLY_CACHE:
-        from jaxllm.models.transformer import forward
-
-        _APPLY_CACHE[cfg] = lambda params, tokens: forward(cfg, params, tokens).logits
-    return _APPLY_CACHE[cfg]
+    if prompt_lengths is not None:
+        if tuple(np.shape(prompt_lengths)) != (B,):
+            raise ValueError(f"prompt_lengths must have shape (batch,) = {(B,)}, got {tuple(np.shape(prompt_lengths))}")
+        if not isinstance(prompt_lengths, jax.core.Tracer):
+            lengths = np.asarray(prompt_lengths)
+            if ((lengths < 0) | (lengths > P)).any():
+                raise ValueError(f"prompt_lengths must lie in [0, {P}] (the padded prompt length), got "
+                                 f"{lengths.tolist()}")
+        prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+    return _sample_jit(model, config, params, jnp.asarray(prompt_BP, jnp.int32), key,
+                       jnp.asarray(fixed_tokens, jnp.int32), jnp.asarray(fixed, bool), prompt_lengths)

@@ -18,9 +18,12 @@ only (no low-rank term); α = 0 → low rank only (k = 0); s = 0 → dense. TEAL
 layer with c = 1 and α = 1 (`method="teal"`).
 
 Applying it to a jaxllm decoder transforms the parameter tree: every projection dict `{kernel, bias?}` gets an
-`rsparse` entry `{scale [d_in], tau [], a [d_in, r], b [r, d_out], rank_mask [r]?}`; `transformer.forward(...,
-sparse_fraction=f)` then routes the last ⌈f·T⌉ tokens of each call through `sparse_linear` (prefill dense with
-f = 0, decode sparse with f = 1; the reference evaluates with the last 10% sparse).
+`rsparse` entry of arrays `{scale [d_in], tau [], a [d_in, r], b [r, d_out], rank_mask [r]?}`. The Transformer
+runs such a tree with its linear replaced: `rsparse_model(cfg, sparse_fraction=f)` = `Model(cfg,
+linear=RSparseLinear(f))` routes the last ⌈f·T⌉ tokens of each call through the R-Sparse linear (prefill dense
+with f = 0, decode sparse with f = 1; the reference evaluates with the last 10% sparse), through the Pallas GEMV
+(pallas_kernels/rsparse_gemv.py) for decode-shaped calls where the backend runs it, the jnp path otherwise.
+The dense `Model(cfg)` ignores the entries, so the same tree also gives the dense model.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm.models import Model
 from jaxllm.models import transformer as tfm
+from pallas_kernels import rsparse_gemv as rk
 
 Params = dict[str, Any]
 
@@ -150,53 +155,85 @@ def rsparse_matmul(x2: jax.Array, w2: jax.Array, sp: Mapping[str, jax.Array]) ->
     return y.astype(x2.dtype)
 
 
-def mark_sparse_layer(layer_params: Params, layer_name: str, n_tokens: int, sparse_fraction: float) -> Params:
-    """Called by `transformer.forward(sparse_fraction=f)`: tag every R-Sparse projection of one layer with the
-    number of leading tokens that stay dense and with its name (for errors). Projections without R-Sparse
-    entries are untouched and stay dense."""
-    if not 0.0 <= float(sparse_fraction) <= 1.0:
-        raise ValueError(f"sparse_fraction={sparse_fraction} must lie in [0, 1]")
-    n_dense = int(n_tokens * (1.0 - float(sparse_fraction)))  # reference: int(T * (1 - prefill_ratio)) dense
+@dataclasses.dataclass(frozen=True)
+class RSparseLinear:
+    """The Transformer's linear for an R-Sparse tree: `Model(cfg, linear=RSparseLinear(...))` (or `rsparse_model`).
 
-    def walk(p, path):
-        if not isinstance(p, dict):
-            return p
-        if "rsparse" in p:
-            return {**p, "rsparse_dense_tokens": n_dense, "rsparse_name": path}
-        return {k: walk(v, f"{path}/{k}") for k, v in p.items()}
+    Called as `linear(name, p, x, eqn)` for every projection (`transformer.dense_linear`'s signature). A projection
+    without an `rsparse` entry (embedding-side code, a tree that was not transformed) is dense. In one with an
+    entry, the first ⌊T (1 − sparse_fraction)⌋ tokens of the call stay dense (the reference's
+    `int(T * (1 - prefill_ratio))`), the rest go through y = (keep ⊙ x) W + ((1 − keep) ⊙ x) A B:
+    sparse_fraction = 1 makes every token sparse (decode), 0 every token dense (prefill).
 
-    return walk(layer_params, layer_name)
+    Backend: when the sparse tokens of a call are decode-shaped (B·T_sparse ≤ 4 rows) and the layer's shapes fit
+    `blocks`, and the backend runs the Pallas kernel (a GPU, or `interpret=True` on any backend), the rows go
+    through `pallas_kernels.rsparse_gemv` (weights packed per call); otherwise through the masked-dense jnp
+    `rsparse_matmul`. `use_kernel=False` always takes the jnp path.
+    """
+
+    sparse_fraction: float = 1.0
+    use_kernel: bool = True
+    interpret: bool = False
+    blocks: rk.BlockSizes = rk.BlockSizes()
+
+    def __post_init__(self):
+        f = self.sparse_fraction
+        if not (isinstance(f, (int, float, np.floating)) and 0.0 <= float(f) <= 1.0):
+            raise ValueError(f"RSparseLinear: sparse_fraction={f!r} must lie in [0, 1]")
+        if not isinstance(self.blocks, rk.BlockSizes):
+            raise ValueError(f"RSparseLinear: blocks must be a pallas_kernels.rsparse_gemv.BlockSizes, got {self.blocks!r}")
+
+    def dense_tokens(self, n_tokens: int) -> int:
+        return int(n_tokens * (1.0 - float(self.sparse_fraction)))
+
+    def kernel_runs(self, rows: int, d_in: int, d_out: int) -> bool:
+        """Whether `rows` sparse rows of a [d_in, d_out] layer take the Pallas kernel (decided at trace time)."""
+        backend_ok = self.interpret or jax.default_backend() == "gpu"
+        return (self.use_kernel and backend_ok and 1 <= rows <= rk.MAX_TOKENS
+                and self.blocks.fits(d_in, d_out))
+
+    def sparse_matmul(self, x2: jax.Array, w2: jax.Array, sp: Mapping[str, jax.Array]) -> jax.Array:
+        """R-Sparse of x2 [M, d_in] with w2 [d_in, d_out]: the Pallas GEMV or the jnp path (see the class doc)."""
+        if not self.kernel_runs(x2.shape[0], *w2.shape):
+            return rsparse_matmul(x2, w2, sp)
+        a, b = sp.get("a"), sp.get("b")
+        if a is not None and "rank_mask" in sp:  # z · mask = x (A · mask): switched-off columns contribute 0
+            a = a * sp["rank_mask"].astype(a.dtype)[None, :]
+        return rk.rsparse_gemv(x2, w2, sp["scale"], sp["tau"], a, b, blocks=self.blocks, interpret=self.interpret)
+
+    def __call__(self, name: str, p: Params, x: jax.Array, eqn: str) -> jax.Array:
+        if "rsparse" not in p:
+            return tfm.dense_linear(name, p, x, eqn)
+        kernel, sp = p["kernel"], p["rsparse"]
+        n_in = x.ndim - 2
+        in_dims, out_dims = kernel.shape[:n_in], kernel.shape[n_in:]
+        if tuple(x.shape[2:]) != tuple(in_dims):
+            raise ValueError(f"R-Sparse layer {name}: input trailing shape {x.shape[2:]} does not match kernel "
+                             f"{kernel.shape} (expects {in_dims})")
+        d_in, d_out = math.prod(in_dims), math.prod(out_dims)
+        if sp["scale"].shape != (d_in,) or ("a" in sp and sp["a"].shape[0] != d_in) or (
+                "b" in sp and sp["b"].shape[1] != d_out):
+            raise ValueError(f"R-Sparse layer {name}: calibrated for other shapes (scale {sp['scale'].shape}, "
+                             f"a {sp['a'].shape if 'a' in sp else None}) than the kernel {kernel.shape}")
+        B, T = x.shape[:2]
+        n_dense = min(self.dense_tokens(T), T)
+        parts = []
+        if n_dense > 0:
+            parts.append(jnp.einsum(eqn, x[:, :n_dense], kernel.astype(x.dtype)))
+        if n_dense < T:
+            xs = x[:, n_dense:].reshape(B * (T - n_dense), d_in)
+            ys = self.sparse_matmul(xs, kernel.reshape(d_in, d_out), sp)
+            parts.append(ys.reshape(B, T - n_dense, *out_dims))
+        y = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+        if "bias" in p:
+            b = p["bias"].astype(x.dtype)
+            y = y + b[(None,) * (y.ndim - b.ndim)]
+        return y
 
 
-def sparse_linear(p: Params, x: jax.Array, eqn: str) -> jax.Array:
-    """`transformer.linear` for a tagged R-Sparse projection: x [B, T, *in_dims] with kernel [*in_dims, *out_dims].
-    The first `rsparse_dense_tokens` tokens use the dense kernel, the rest the R-Sparse linear."""
-    name, n_dense = p["rsparse_name"], p["rsparse_dense_tokens"]
-    kernel, sp = p["kernel"], p["rsparse"]
-    n_in = x.ndim - 2
-    in_dims, out_dims = kernel.shape[:n_in], kernel.shape[n_in:]
-    if tuple(x.shape[2:]) != tuple(in_dims):
-        raise ValueError(f"R-Sparse layer {name}: input trailing shape {x.shape[2:]} does not match kernel "
-                         f"{kernel.shape} (expects {in_dims})")
-    d_in, d_out = math.prod(in_dims), math.prod(out_dims)
-    if sp["scale"].shape != (d_in,) or ("a" in sp and sp["a"].shape[0] != d_in) or (
-            "b" in sp and sp["b"].shape[1] != d_out):
-        raise ValueError(f"R-Sparse layer {name}: calibrated for other shapes (scale {sp['scale'].shape}, "
-                         f"a {sp['a'].shape if 'a' in sp else None}) than the kernel {kernel.shape}")
-    B, T = x.shape[:2]
-    n_dense = min(n_dense, T)
-    parts = []
-    if n_dense > 0:
-        parts.append(jnp.einsum(eqn, x[:, :n_dense], kernel.astype(x.dtype)))
-    if n_dense < T:
-        xs = x[:, n_dense:].reshape(B * (T - n_dense), d_in)
-        ys = rsparse_matmul(xs, kernel.reshape(d_in, d_out), sp)
-        parts.append(ys.reshape(B, T - n_dense, *out_dims))
-    y = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
-    if "bias" in p:
-        b = p["bias"].astype(x.dtype)
-        y = y + b[(None,) * (y.ndim - b.ndim)]
-    return y
+def rsparse_model(cfg: tfm.TransformerConfig, sparse_fraction: float = 1.0, **options) -> Model:
+    """`Model(cfg, linear=RSparseLinear(sparse_fraction, **options))`: run an `rsparsify` tree with it."""
+    return Model(cfg, linear=RSparseLinear(sparse_fraction, **options))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -303,7 +340,7 @@ def rsparsify(cfg: tfm.TransformerConfig, params: Params, calib_tokens: Optional
       method: "rsparse" (c-weighted scores, low-rank rest) or "teal" (plain |x| > τ, rest dropped; α ignored).
       factors: precomputed `compute_factors(params)`.
     Returns (new params: every decoder projection gains an `rsparse` entry, budgets per layer).
-    Run the result with `transformer.forward(cfg, new_params, tokens, sparse_fraction=1.0)`.
+    Run the result with `rsparse_model(cfg, sparse_fraction=1.0)(new_params, tokens)`.
     """
     if method not in ("rsparse", "teal"):
         raise ValueError(f"rsparsify: method={method!r} is not one of ['rsparse', 'teal']")
@@ -393,9 +430,11 @@ def evolutionary_alpha_search(cfg: tfm.TransformerConfig, params: Params, factor
     search_tokens = jnp.asarray(search_tokens)
     dense_logp = jax.nn.log_softmax(tfm.forward(cfg, params, search_tokens).logits, axis=-1)
 
+    sparse_model = rsparse_model(cfg, 1.0)
+
     @jax.jit
     def kl_of(tree):
-        logp = jax.nn.log_softmax(tfm.forward(cfg, tree, search_tokens, sparse_fraction=1.0).logits, axis=-1)
+        logp = jax.nn.log_softmax(sparse_model(tree, search_tokens), axis=-1)
         return jnp.mean(jnp.sum(jnp.exp(dense_logp) * (dense_logp - logp), axis=-1))
 
     def fitness(alpha_vec):

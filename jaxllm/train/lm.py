@@ -1,7 +1,9 @@
 """Language-model training through the one trainer: next-token loss with masks, eval loss, and a Task.
 
 Batches are the dicts of `jaxllm.data.pipeline`: tokens [B, T] int32, loss_mask [B, T] (1 where the token
-is a target), and optionally segment_ids / positions [B, T] for packed rows.
+is a target), and optionally segment_ids / positions [B, T] for packed rows and attention_mask [B, T] bool
+(False on left padding). The losses take the model object (`jaxllm.models.Model`), so an injected linear
+(R-Sparse) or any other Model option applies to training and evaluation alike.
 """
 
 from __future__ import annotations
@@ -15,14 +17,18 @@ import numpy as np
 import optax
 
 from jaxllm.models import transformer as tfm
+from jaxllm.models.model import Model, as_model
 from jaxllm.train.trainer import Task
 
 
-def token_losses(cfg: tfm.TransformerConfig, params, batch: dict, rng: Optional[jax.Array] = None):
-    """(per-target cross-entropy [B, T-1] float32, weights [B, T-1]): position t predicts token t+1."""
+def token_losses(model: Model, params, batch: dict, rng: Optional[jax.Array] = None):
+    """(per-target cross-entropy [B, T-1] float32, weights [B, T-1]): position t predicts token t+1.
+
+    rng: a key turns dropout on (gpt2 flavour with cfg.dropout > 0); None = deterministic."""
     tokens = batch["tokens"]
-    out = tfm.forward(cfg, params, tokens[:, :-1], positions=_cut(batch.get("positions")),
-                      segment_ids=_cut(batch.get("segment_ids")), dropout_rng=rng)
+    out = model.forward(params, tokens[:, :-1], positions=_cut(batch.get("positions")),
+                        segment_ids=_cut(batch.get("segment_ids")), attention_mask=_cut(batch.get("attention_mask")),
+                        dropout_rng=rng)
     targets = tokens[:, 1:]
     logp = jax.nn.log_softmax(out.logits, axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
@@ -35,25 +41,27 @@ def _cut(x):
     return None if x is None else x[:, :-1]
 
 
-def next_token_loss(cfg: tfm.TransformerConfig, params, batch: dict, rng: Optional[jax.Array] = None):
+def next_token_loss(model: Model, params, batch: dict, rng: Optional[jax.Array] = None):
     """Mean masked next-token cross-entropy; returns (loss, {"tokens": number of target tokens})."""
-    nll, w = token_losses(cfg, params, batch, rng)
+    nll, w = token_losses(model, params, batch, rng)
     n = jnp.sum(w)
     loss = jnp.sum(nll * w) / jnp.maximum(n, 1.0)
     return loss, {"tokens": n}
 
 
 @partial(jax.jit, static_argnums=0)
-def _loss_sums(cfg, params, batch):
-    nll, w = token_losses(cfg, params, batch)
+def _loss_sums(model, params, batch):
+    nll, w = token_losses(model, params, batch)
     return jnp.sum(nll * w), jnp.sum(w)
 
 
-def eval_loss(cfg: tfm.TransformerConfig, params, batches: Iterable[dict]) -> float:
+def eval_loss(model: Model, params, batches: Iterable[dict]) -> float:
     """Token-weighted mean next-token loss over a finite list of batches (jitted per batch shape)."""
+    if not isinstance(model, Model):
+        raise TypeError(f"eval_loss needs a jaxllm.models.Model (e.g. Model(cfg)), got {type(model).__name__}")
     total, count = 0.0, 0.0
     for b in batches:
-        s, n = _loss_sums(cfg, params, {k: jnp.asarray(v) for k, v in b.items()})
+        s, n = _loss_sums(model, params, {k: jnp.asarray(v) for k, v in b.items()})
         total += float(s)
         count += float(n)
     if count == 0:
@@ -71,7 +79,7 @@ def check_batch(cfg: tfm.TransformerConfig, batch: dict) -> None:
                          f"[0, {cfg.vocab_size})")
     if tok.shape[1] > cfg.max_seq_len + 1:
         raise ValueError(f"sequence length {tok.shape[1]} exceeds max_seq_len+1={cfg.max_seq_len + 1}")
-    for k in ("loss_mask", "segment_ids", "positions"):
+    for k in ("loss_mask", "segment_ids", "positions", "attention_mask"):
         if k in batch and np.shape(batch[k]) != tok.shape:
             raise ValueError(f"batch[{k!r}] has shape {np.shape(batch[k])}, expected {tok.shape}")
 
@@ -100,21 +108,24 @@ class CheckedBatches:
         self.it.set_state(state)
 
 
-def lm_task(model_cfg: tfm.TransformerConfig, optimizer: optax.GradientTransformation, batches: Any,
+def lm_task(model: Model | tfm.TransformerConfig, optimizer: optax.GradientTransformation, batches: Any,
             eval_batches: Optional[list[dict]] = None, init_params=None, eval_name: str = "loss") -> Task:
-    """A trainer Task for next-token training. `eval_batches` (a finite list) gives eval/<eval_name>;
-    `init_params(key)` overrides random init (e.g. fine-tuning from loaded weights)."""
+    """A trainer Task for next-token training of `model` (a Model, or a TransformerConfig for `Model(cfg)`).
+    `eval_batches` (a finite list) gives eval/<eval_name>; `init_params(key)` overrides random init (e.g.
+    fine-tuning from loaded weights)."""
+    model = as_model(model)
+    model_cfg = model.cfg
     if eval_batches is not None:
         for b in eval_batches:
             check_batch(model_cfg, b)
 
     def loss_fn(params, batch, rng):
-        return next_token_loss(model_cfg, params, batch, rng if model_cfg.dropout > 0 else None)
+        return next_token_loss(model, params, batch, rng if model_cfg.dropout > 0 else None)
 
     eval_fn = None
     if eval_batches is not None:
         def eval_fn(params):
-            return {eval_name: eval_loss(model_cfg, params, eval_batches)}
+            return {eval_name: eval_loss(model, params, eval_batches)}
 
     return Task(
         init_params=init_params or (lambda key: tfm.init_params(model_cfg, key)),

@@ -60,17 +60,25 @@ class MetricsWriter:
 
     `truncate_after(step)` drops lines logged after the checkpoint a resumed run restarts from, so the file
     ends with no duplicated or missing step.
+
+    enabled=False (every process but process 0 of a multi-process run, whose rows are the same): writes
+    nothing, neither file nor TensorBoard.
     """
 
-    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True):
+    def __init__(self, run_dir: str | os.PathLike, tensorboard: bool = True, enabled: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled
         self._tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard:
             self._tb = _summary_writer_class()(str(Path(run_dir) / "tensorboard"))
 
     def truncate_after(self, step: int) -> int:
         """Keep rows with step <= `step`; return how many rows were dropped."""
+        if not self.enabled:
+            return 0
         rows = read_metrics(self.path)
         kept = [r for r in rows if r.get("step", -1) <= step]
         tmp = self.path.with_suffix(".jsonl.tmp")
@@ -79,6 +87,8 @@ class MetricsWriter:
         return len(rows) - len(kept)
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         row = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -122,6 +132,10 @@ class ProgressBar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class NonFiniteError(RuntimeError):
+    """Raised when a metric becomes NaN or infinite; names the step and the metric."""
 
 
 def non_finite_keys(metrics: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from jaxllm import parallel
 from jaxllm.config import ConfigError, to_dict
 
 # Keys that may change when a run is resumed (extending a run is allowed).
@@ -44,6 +45,8 @@ def prepare_run_dir(run_dir: str, config: Any) -> Path:
                 f"{run_dir} holds a run with a different config ({', '.join(diff)}); "
                 "use another run_dir or the same settings to resume"
             )
+    if not parallel.is_main_process():  # the others checked the config; process 0 writes it
+        return path
     tmp = cfg_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(cfg, indent=2) + "\n")
     os.replace(tmp, cfg_file)  # atomic: a run killed here leaves the old or the new file, never half of one
@@ -51,7 +54,9 @@ def prepare_run_dir(run_dir: str, config: Any) -> Path:
 
 
 def write_summary(run_dir: str | os.PathLike, summary: dict, title: str = "") -> None:
-    """summary.json (machine) and summary.md (human) with the run's headline figures."""
+    """summary.json (machine) and summary.md (human) with the run's headline figures (process 0 only)."""
+    if not parallel.is_main_process():
+        return
     path = Path(run_dir)
     path.mkdir(parents=True, exist_ok=True)
     (path / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
@@ -64,11 +69,12 @@ def write_summary(run_dir: str | os.PathLike, summary: dict, title: str = "") ->
 
 
 def save_figure(fig, run_dir: str | os.PathLike, name: str) -> Path:
-    """Save a matplotlib figure to <run_dir>/plots/<name>.png and close it."""
+    """Save a matplotlib figure to <run_dir>/plots/<name>.png (process 0 only) and close it."""
     import matplotlib.pyplot as plt
 
     out = Path(run_dir) / "plots" / f"{name}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110, bbox_inches="tight")
+    if parallel.is_main_process():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return out

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from jaxllm import diffusion
-from jaxllm.models import get_preset, init_params
+from jaxllm.models import Model, get_preset, init_params, left_padding_layout
 
 V, MASK, L = 3, 3, 4
 N_IN = (V + 1) ** L
@@ -27,14 +27,13 @@ def _index(tokens):
     return sum(tokens[..., i] * (V + 1) ** i for i in range(L))
 
 
-def table_model(table):
-    """logits_fn over a table [N_IN, L, V+1] of logits indexed by the full input sequence."""
-    t = jnp.asarray(table, jnp.float32)
+def table_logits(table, tokens_BL, *, attention_mask=None, positions=None):
+    """The toy model (a hashable function): params = a table [N_IN, L, V+1] of logits indexed by the full input."""
+    return table[_index(tokens_BL.astype(jnp.int32))]
 
-    def logits_fn(tokens_BL):
-        return t[_index(tokens_BL.astype(jnp.int32))]
 
-    return logits_fn
+def table_params(table):
+    return jnp.asarray(table, jnp.float32)
 
 
 def _logp_table(table):
@@ -116,9 +115,9 @@ ANSWER = np.array([False, True, True, True])  # position 0 is the prompt
 
 def test_stratified_estimator_converges_to_exact_elbo(toy):
     table, logp = toy
-    fn = table_model(table)
+    tp = table_params(table)
     ans = jnp.broadcast_to(jnp.asarray(ANSWER), SEQS.shape)
-    samples = _replicates(lambda k: diffusion.elbo_stratified(fn, k, jnp.asarray(SEQS), ans, MASK, 8))
+    samples = _replicates(lambda k: diffusion.elbo_stratified(table_logits, tp, k, jnp.asarray(SEQS), ans, MASK, 8))
     exact = np.array([exact_elbo(logp, x, [1, 2, 3]) for x in SEQS])
     _assert_converges(samples, exact, max_se=0.05)
 
@@ -126,10 +125,10 @@ def test_stratified_estimator_converges_to_exact_elbo(toy):
 @pytest.mark.parametrize("antithetic", [False, True])
 def test_random_t_estimator_converges_to_exact_expectation(toy, antithetic):
     table, logp = toy
-    fn = table_model(table)
+    tp = table_params(table)
     ans = jnp.broadcast_to(jnp.asarray(ANSWER), SEQS.shape)
     eps = 0.05
-    samples = _replicates(lambda k: diffusion.elbo_random_t(fn, k, jnp.asarray(SEQS), ans, MASK, 8, eps=eps,
+    samples = _replicates(lambda k: diffusion.elbo_random_t(table_logits, tp, k, jnp.asarray(SEQS), ans, MASK, 8, eps=eps,
                                                             antithetic=antithetic))
     exact = np.array([exact_random_t(logp, x, [1, 2, 3], eps) for x in SEQS])
     _assert_converges(samples, exact, max_se=0.15)
@@ -140,18 +139,18 @@ def test_random_t_estimator_converges_to_exact_expectation(toy, antithetic):
 
 def test_stratified_has_lower_variance_than_random_t(toy):
     table, logp = toy
-    fn = table_model(table)
+    tp = table_params(table)
     ans = jnp.broadcast_to(jnp.asarray(ANSWER), SEQS.shape)
-    s = _replicates(lambda k: diffusion.elbo_stratified(fn, k, jnp.asarray(SEQS), ans, MASK, 4), R=256)
-    r = _replicates(lambda k: diffusion.elbo_random_t(fn, k, jnp.asarray(SEQS), ans, MASK, 4, eps=1e-3), R=256)
+    s = _replicates(lambda k: diffusion.elbo_stratified(table_logits, tp, k, jnp.asarray(SEQS), ans, MASK, 4), R=256)
+    r = _replicates(lambda k: diffusion.elbo_random_t(table_logits, tp, k, jnp.asarray(SEQS), ans, MASK, 4, eps=1e-3), R=256)
     assert np.all(s.var(0) < r.var(0))
 
 
 def test_pretrain_loss_expectation_is_minus_eps_elbo(toy):
     table, logp = toy
-    fn = table_model(table)
+    tp = table_params(table)
     eps = 0.05
-    samples = _replicates(lambda k: diffusion.pretrain_loss(fn, k, jnp.asarray(SEQS), MASK, eps)[0][None], R=1024)
+    samples = _replicates(lambda k: diffusion.pretrain_loss(table_logits, tp, k, jnp.asarray(SEQS), MASK, eps)[0][None], R=1024)
     exact = -np.mean([exact_random_t(logp, x, [0, 1, 2, 3], eps) for x in SEQS]) / L
     _assert_converges(samples, np.array([exact]), max_se=0.1)
 
@@ -185,10 +184,10 @@ def _block_exact(logp, x, comp_len, prompt_len, block_length, p_clean):
 
 def test_block_estimator_converges_to_exact_expectation(toy):
     table, logp = toy
-    fn = table_model(table)
+    tp = table_params(table)
     comp = np.array([[True, True, True], [True, False, False], [True, True, False]])
     # prompt 1, completion 3 in blocks of 1 (3 blocks) with different completion lengths per row
-    samples = _replicates(lambda k: diffusion.elbo_block(fn, k, jnp.asarray(SEQS), 1, jnp.asarray(comp), MASK,
+    samples = _replicates(lambda k: diffusion.elbo_block(table_logits, tp, k, jnp.asarray(SEQS), 1, jnp.asarray(comp), MASK,
                                                          block_length=1, num_samples=1, p_mask_clean=0.15), R=2048)
     exact = np.array([_block_exact(logp, x, int(c.sum()), 1, 1, 0.15) for x, c in zip(SEQS, comp)])
     _assert_converges(samples, exact, max_se=0.05)
@@ -248,9 +247,9 @@ def test_elbo_never_above_exact_loglik(toy):
         np.testing.assert_allclose(exact_elbo(lp, x, A), true, atol=1e-9)
         np.testing.assert_allclose(any_order_loglik(lp, x, A), true, atol=1e-9)
     # and the estimator code reaches the same number on the consistent model
-    fn = table_model(cons)
+    tp = table_params(cons)
     ans = jnp.broadcast_to(jnp.asarray(ANSWER), SEQS.shape)
-    samples = _replicates(lambda k: diffusion.elbo_stratified(fn, k, jnp.asarray(SEQS), ans, MASK, 8))
+    samples = _replicates(lambda k: diffusion.elbo_stratified(table_logits, tp, k, jnp.asarray(SEQS), ans, MASK, 8))
     exact = np.array([np.log(joint[tuple(x)] / joint[x[0]].sum()) for x in SEQS])
     _assert_converges(samples, exact, max_se=0.05)
 
@@ -263,12 +262,12 @@ def test_sft_loss_matches_numpy_and_never_masks_prompt(normalisation):
     tokens = jax.random.randint(jax.random.PRNGKey(1), (B, T), 0, 15)
     prompt_len = np.array([3, 5, 2, 7])
     prompt = jnp.asarray(np.arange(T)[None] < prompt_len[:, None])
-    fn = diffusion.model_logits_fn(cfg, params)
+    model = Model(cfg)
     key = jax.random.PRNGKey(2)
-    loss, _ = diffusion.sft_loss(fn, key, tokens, prompt, 15, normalisation=normalisation)
+    loss, _ = diffusion.sft_loss(model, params, key, tokens, prompt, 15, normalisation=normalisation)
     mb = diffusion.forward_mask(key, tokens, 15, maskable_BL=~prompt)  # the same draw
     assert not np.any(np.asarray(mb.masked) & np.asarray(prompt))
-    logits = np.asarray(fn(mb.noisy), np.float64)
+    logits = np.asarray(model(params, mb.noisy), np.float64)
     lp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     ce = -np.take_along_axis(lp, np.asarray(tokens)[..., None], -1)[..., 0]
     w = np.where(np.asarray(mb.masked), ce / np.asarray(mb.p_mask)[:, None], 0)
@@ -290,9 +289,9 @@ def test_shared_masks_make_model_differences_low_variance(toy):
     """d1/SPG score the old and the current policy on the same mask draw (same key): the difference of two
     close models' estimates then has far lower variance than with independent draws."""
     table, _ = toy
-    a, b = table_model(table), table_model(table + 0.05 * np.random.default_rng(5).normal(size=table.shape))
+    a, b = table_params(table), table_params(table + 0.05 * np.random.default_rng(5).normal(size=table.shape))
     ans = jnp.broadcast_to(jnp.asarray(ANSWER), SEQS.shape)
-    est = lambda fn, k: diffusion.elbo_stratified(fn, k, jnp.asarray(SEQS), ans, MASK, 2)  # noqa: E731
+    est = lambda tp, k: diffusion.elbo_stratified(table_logits, tp, k, jnp.asarray(SEQS), ans, MASK, 2)  # noqa: E731
     shared = _replicates(lambda k: est(a, k) - est(b, k), R=128)
     indep = _replicates(lambda k: est(a, k) - est(b, jax.random.fold_in(k, 1)), R=128)
     assert np.all(shared.var(0) * 20 < indep.var(0))
@@ -304,19 +303,19 @@ def estimator_report(R=4096):
     rng = np.random.default_rng(0)
     table = rng.normal(size=(N_IN, L, V + 1)) * 1.5
     logp = _logp_table(table)
-    fn = table_model(table)
+    tp = table_params(table)
     ans = jnp.broadcast_to(jnp.asarray(ANSWER), SEQS.shape)
     x = jnp.asarray(SEQS)
     comp = np.array([[True, True, True], [True, False, False], [True, True, False]])
     cases = [
-        ("stratified l/L (8 draws)", lambda k: diffusion.elbo_stratified(fn, k, x, ans, MASK, 8),
+        ("stratified l/L (8 draws)", lambda k: diffusion.elbo_stratified(table_logits, tp, k, x, ans, MASK, 8),
          [exact_elbo(logp, s, [1, 2, 3]) for s in SEQS]),
-        ("random t, eps=0.05 (8 draws)", lambda k: diffusion.elbo_random_t(fn, k, x, ans, MASK, 8, eps=0.05),
+        ("random t, eps=0.05 (8 draws)", lambda k: diffusion.elbo_random_t(table_logits, tp, k, x, ans, MASK, 8, eps=0.05),
          [exact_random_t(logp, s, [1, 2, 3], 0.05) for s in SEQS]),
-        ("random t antithetic (8 draws)", lambda k: diffusion.elbo_random_t(fn, k, x, ans, MASK, 8, eps=0.05,
+        ("random t antithetic (8 draws)", lambda k: diffusion.elbo_random_t(table_logits, tp, k, x, ans, MASK, 8, eps=0.05,
                                                                             antithetic=True),
          [exact_random_t(logp, s, [1, 2, 3], 0.05) for s in SEQS]),
-        ("SPG block-wise (1 draw)", lambda k: diffusion.elbo_block(fn, k, x, 1, jnp.asarray(comp), MASK,
+        ("SPG block-wise (1 draw)", lambda k: diffusion.elbo_block(table_logits, tp, k, x, 1, jnp.asarray(comp), MASK,
                                                                    block_length=1, num_samples=1),
          [_block_exact(logp, s, int(c.sum()), 1, 1, 0.15) for s, c in zip(SEQS, comp)]),
     ]
@@ -329,6 +328,35 @@ def estimator_report(R=4096):
         print(f"| {name} | {np.round(exact, 4).tolist()} | {np.round(mean, 4).tolist()} | "
               f"{np.abs(mean - exact).max():.4f} | {(np.abs(mean - exact) / se).max():.2f} | "
               f"{np.round(s.std(0), 3).tolist()} |")
+
+
+
+def test_estimators_hide_left_padding_given_its_layout():
+    """With the key mask and positions of left-padded prompts (`models.left_padding_layout`), the SFT loss and the
+    conditional ELBO estimators of a padded batch do not depend on what the padding holds (masked keys get exactly
+    zero attention); without the layout the padding is read as text and the estimates change."""
+    cfg = get_preset("tiny_llada", vocab_size=16, mask_token_id=15, d_model=32, n_layers=1, d_ff=64, init_std=0.3)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    model = Model(cfg)
+    B, P, G = 3, 4, 6
+    lengths = jnp.array([4, 2, 1])
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (B, P + G), 0, 15)
+    padding = jnp.arange(P + G)[None] < (P - lengths)[:, None]
+    other = jnp.where(padding, jax.random.randint(jax.random.PRNGKey(2), (B, P + G), 0, 15), tokens)
+    assert not np.array_equal(np.asarray(other), np.asarray(tokens))
+    mask, pos = left_padding_layout(lengths, P, P + G)
+    answer = jnp.broadcast_to(jnp.arange(P + G) >= P, (B, P + G))
+    key = jax.random.PRNGKey(4)  # a draw that masks answer tokens of every row
+    estimators = {  # elbo_random_t and elbo_stratified call the model as elbo_block does (`_draw_log_probs`)
+        "sft_loss": lambda t, **kw: diffusion.sft_loss(model, params, key, t, ~answer, 15, **kw)[0],
+        "elbo_block": lambda t, **kw: diffusion.elbo_block(model, params, key, t, P, jnp.ones((B, G), bool), 15,
+                                                           block_length=3, num_samples=2, **kw),
+    }
+    hidden = jax.jit(lambda t: [est(t, attention_mask=mask, positions=pos) for est in estimators.values()])
+    blind = jax.jit(lambda t: [est(t) for est in estimators.values()])
+    for name, a, b, c, d in zip(estimators, hidden(tokens), hidden(other), blind(tokens), blind(other)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, err_msg=name)
+        assert not np.allclose(np.asarray(c), np.asarray(d), rtol=1e-4), name
 
 
 if __name__ == "__main__":

@@ -147,31 +147,8 @@ def test_stage_rule():
     assert li2.stage_of(3.0, None) == "independent"
 
 
-def test_config_and_optimizer_errors_name_the_field():
+def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="activation"):
         li2.Li2Config(7, 8, "tanh")
     with pytest.raises(ConfigError, match="group_order"):
         li2.Li2Config(1, 8)
-    with pytest.raises(ConfigError, match="optimizer"):
-        li2.make_optimizer("sgd", 1e-3, 0.0)
-    with pytest.raises(ConfigError, match="weight_decay"):
-        li2.make_optimizer("adam", 1e-3, -1.0)
-
-
-def test_adam_is_coupled_l2_like_torch():
-    """optax.chain(add_decayed_weights, adam) equals torch Adam(weight_decay) for a few steps."""
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(0)
-    w = rng.normal(size=(4, 3)).astype(np.float32)
-    grads = [rng.normal(size=(4, 3)).astype(np.float32) for _ in range(5)]
-    tx = li2.make_optimizer("adam", 1e-2, 0.1)
-    p = {"W": jnp.asarray(w)}
-    st = tx.init(p)
-    tp = torch.nn.Parameter(torch.tensor(w))
-    opt = torch.optim.Adam([tp], lr=1e-2, weight_decay=0.1)
-    for g in grads:
-        upd, st = tx.update({"W": jnp.asarray(g)}, st, p)
-        p = jax.tree.map(jnp.add, p, upd)
-        tp.grad = torch.tensor(g)
-        opt.step()
-    np.testing.assert_allclose(p["W"], tp.detach().numpy(), rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Muon: Newton–Schulz with the reference's per-iteration coefficients, and the full update, vs numpy."""
+"""Muon: Newton–Schulz with the reference's per-iteration coefficients, and the full update, vs numpy; the Li2
+experiments' three optimizers as the reference builds them."""
 
 import jax
 import jax.numpy as jnp
@@ -72,3 +73,55 @@ def test_muon_rejects_non_matrices_and_bad_labels():
     tx = muon_with_adam(lambda p: {"W": "sgd"}, 1e-2)
     with pytest.raises(ConfigError, match="'sgd'"):
         tx.init({"W": jnp.zeros((2, 2))})
+
+
+def test_li2_reference_optimizers_are_the_references_updates():
+    """The three optimizers of the Li2 experiments (`build.LI2_OPTIMIZERS`): torch Adam's coupled L2 (checked
+    against torch), AdamW, and Muon on W (beta 0.99, decoupled decay) with coupled-L2 Adam on V, one lr."""
+    import dataclasses
+
+    from jaxllm.optim import build
+
+    rng = np.random.default_rng(3)
+    params = {"W": jnp.asarray(rng.normal(size=(6, 10)), jnp.float32),
+              "V": jnp.asarray(rng.normal(size=(10, 3)), jnp.float32)}
+    grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), params) for _ in range(3)]
+    lr, wd = 1e-2, 0.1
+    expected = {
+        "adam": optax.chain(optax.add_decayed_weights(wd), optax.adam(lr)),
+        "adamw": optax.adamw(lr, weight_decay=wd),
+        "muon": muon_with_adam(lambda p: {"W": "muon", "V": "adam"}, lr, beta=0.99, weight_decay=wd,
+                               adam_coupled_decay=True),
+    }
+    assert set(build.LI2_OPTIMIZERS) == set(expected)
+    for name, ref in expected.items():
+        cfg = dataclasses.replace(build.LI2_OPTIMIZERS[name], learning_rate=lr, weight_decay=wd)
+        tx = cfg.build(matrices=build.li2_matrices)
+        p, q, s, t = params, params, tx.init(params), ref.init(params)
+        for g in grads:
+            u, s = tx.update(g, s, p)
+            v, t = ref.update(g, t, q)
+            p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+        for k in params:
+            np.testing.assert_array_equal(np.asarray(p[k]), np.asarray(q[k]), err_msg=f"{name} {k}")
+
+
+def test_adam_is_coupled_l2_like_torch():
+    """AdamConfig (optax.chain(add_decayed_weights, adam)) equals torch Adam(weight_decay) for a few steps."""
+    torch = pytest.importorskip("torch")
+    from jaxllm.optim import build
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3)).astype(np.float32)
+    grads = [rng.normal(size=(4, 3)).astype(np.float32) for _ in range(5)]
+    tx = build.AdamConfig(learning_rate=1e-2, weight_decay=0.1).build()
+    p = {"W": jnp.asarray(w)}
+    st = tx.init(p)
+    tp = torch.nn.Parameter(torch.tensor(w))
+    opt = torch.optim.Adam([tp], lr=1e-2, weight_decay=0.1)
+    for g in grads:
+        upd, st = tx.update({"W": jnp.asarray(g)}, st, p)
+        p = jax.tree.map(jnp.add, p, upd)
+        tp.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(p["W"], tp.detach().numpy(), rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ import optax
 from jaxllm.data import pipeline as P
 from jaxllm.data import synthetic
 from jaxllm.data.tokenizers import CharTokenizer
-from jaxllm.models import get_preset, init_params
+from jaxllm.models import Model, get_preset, init_params
 from jaxllm.models import transformer as tfm
 from jaxllm.train import TrainerConfig, train
 from jaxllm.train.lm import eval_loss, lm_task, next_token_loss
@@ -17,7 +17,7 @@ CFG = get_preset("tiny_mobilellm", vocab_size=128, n_layers=1)
 
 
 _logits = jax.jit(lambda p, t: tfm.forward(CFG, p, t).logits)
-_loss = jax.jit(lambda p, b: next_token_loss(CFG, p, b))
+_loss = jax.jit(lambda p, b: next_token_loss(Model(CFG), p, b))
 
 
 def _doc_nll(params, doc):
@@ -56,7 +56,7 @@ def test_lm_task_lowers_held_out_loss_on_generated_corpus(tmp_path):
     task = lm_task(cfg, optax.adam(3e-3), P.mixed_batches({"copy": train_rows}, 16, seed=0),
                    P.fixed_batches(eval_rows, 32))
     res = train(TrainerConfig(steps=60, log_every=60, checkpoint_every=60, progress=False), task, str(tmp_path))
-    first = eval_loss(cfg, init_params(cfg, jax.random.split(jax.random.PRNGKey(0))[0]), task.eval_fn and
+    first = eval_loss(Model(cfg), init_params(cfg, jax.random.split(jax.random.PRNGKey(0))[0]), task.eval_fn and
                       P.fixed_batches(eval_rows, 32))
     last = res.history[-1]["eval/loss"]
     assert res.history[0]["eval/loss"] == first or abs(res.history[0]["eval/loss"] - first) < 1e-4

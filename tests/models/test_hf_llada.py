@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxllm.hf import CheckpointError, write_safetensors
-from jaxllm.hf_llada import load_llada, save_llada
+from jaxllm.hf.llada import load_llada, save_llada
 from jaxllm.models import count_params, forward, get_preset, init_params
 
 D, LAYERS, H, F, V, MASK = 32, 2, 4, 48, 40, 39

@@ -1,11 +1,15 @@
-"""The one Transformer: every flavour runs under strict rank promotion, causality, KV cache, packing."""
+"""The one Transformer: every flavour runs under strict rank promotion, causality, KV cache, packing; the hashable
+model object."""
 
+from functools import partial
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxllm.models import get_preset, init_params
+from jaxllm.models import Model, get_preset, init_params
 from jaxllm.models import transformer as tfm
 
 
@@ -65,3 +69,48 @@ def test_interleaved_and_half_rope_differ():
     assert float(jnp.abs(half - inter).max()) > 1e-2
     # both are rotations: norms of every pair are kept
     np.testing.assert_allclose(jnp.linalg.norm(inter, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model object.
+
+
+def test_model_call_equals_forward_with_masks_and_positions():
+    cfg = get_preset("tiny_llama")
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 6)), jnp.int32)
+    mask = jnp.asarray([[True] * 6, [False, False] + [True] * 4])
+    pos = jnp.asarray([[0, 1, 2, 3, 4, 5], [0, 0, 0, 1, 2, 3]], jnp.int32)
+    got = Model(cfg)(params, tokens, attention_mask=mask, positions=pos)
+    want = tfm.forward(cfg, params, tokens, attention_mask=mask, positions=pos).logits
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # the same computation, bit for bit
+
+
+def test_equal_models_are_one_static_jit_argument():
+    """Two Models built from equal configs are equal and hash equal, so a function jitted with the model static
+    traces once for both (no global cache needed); another config traces again."""
+    cfg = get_preset("tiny_llama", n_layers=1)
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    a, b = Model(cfg), Model(get_preset("tiny_llama", n_layers=1))
+    assert a is not b and a == b and hash(a) == hash(b)
+
+    @partial(jax.jit, static_argnums=0)
+    @chex.assert_max_traces(n=2)
+    def logits(model, p, t):
+        return model(p, t)
+
+    logits(a, params, tokens)
+    logits(b, params, tokens)  # cache hit: no second trace
+    logits(Model(get_preset("tiny_llama", n_layers=1, d_ff=64)), init_params(
+        get_preset("tiny_llama", n_layers=1, d_ff=64), jax.random.PRNGKey(0)), tokens)  # second trace
+    with pytest.raises(AssertionError, match="traced > 2"):
+        logits(Model(get_preset("tiny_llama", n_layers=1, d_ff=32)), init_params(
+            get_preset("tiny_llama", n_layers=1, d_ff=32), jax.random.PRNGKey(0)), tokens)
+
+
+def test_model_rejects_a_config_of_the_wrong_kind_and_unhashable_linears():
+    with pytest.raises(TypeError, match="TransformerConfig"):
+        Model({"d_model": 64})
+    with pytest.raises(TypeError, match="hashable"):
+        Model(get_preset("tiny_llama"), linear=[tfm.dense_linear])

@@ -88,9 +88,11 @@ def test_rank_larger_than_a_matrix_is_an_error_naming_it():
 @pytest.mark.parametrize("name", [pytest.param("adamw", marks=pytest.mark.slow), "galore_adamw", "muon"])
 def test_build_optimizer_runs_every_option(name):
     cfg, params = _tiny(n_layers=1)
-    ocfg = build.OptimizerConfig(name=name, rank=4, update_proj_gap=2, warmup_steps=2, decay_steps=4,
-                                 grad_clip=1.0, projector="randomized")
-    opt = build.build_optimizer(ocfg)
+    common = dict(schedule="cosine", warmup_steps=2, grad_clip=1.0)
+    ocfg = {"adamw": build.AdamWConfig(**common), "muon": build.MuonConfig(**common),
+            "galore_adamw": build.GaLoreAdamWConfig(rank=4, update_proj_gap=2, projector="randomized", **common)}[name]
+    assert ocfg.name == name and build.OPTIMIZERS[name].__class__ is type(ocfg)
+    opt = build.build_optimizer(ocfg, total_steps=6)
     state = opt.init(params)
     tokens = jnp.tile(jnp.arange(17, dtype=jnp.int32)[None], (2, 1))
 
@@ -111,16 +113,77 @@ def test_build_optimizer_runs_every_option(name):
     assert losses[-1] < losses[0], losses
 
 
-def test_optimizer_config_rejects_bad_values():
-    with pytest.raises(ConfigError, match="optim.name"):
-        build.OptimizerConfig(name="sgd")
+def test_optimizer_configs_reject_bad_values_naming_the_field():
+    with pytest.raises(ConfigError, match="base class; choose one of adamw, adam, galore_adamw, muon"):
+        build.OptimizerConfig()
     with pytest.raises(ConfigError, match="optim.projector"):
-        build.OptimizerConfig(projector="lanczos")
+        build.GaLoreAdamWConfig(projector="lanczos")
+    with pytest.raises(ConfigError, match="optim.beta"):
+        build.MuonConfig(beta=1.0)
+    with pytest.raises(ConfigError, match="schedule=constant has no warmup"):
+        build.AdamWConfig(warmup_steps=3)
+    with pytest.raises(ConfigError, match="not both"):
+        build.AdamWConfig(schedule="cosine", warmup_steps=3, warmup_fraction=0.1)
+    with pytest.raises(ConfigError, match="total_steps"):
+        build.AdamWConfig(schedule="linear").build()
+    with pytest.raises(ConfigError, match="expected an optimizer config"):
+        build.build_optimizer({"name": "adamw"})
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+@pytest.mark.parametrize("warmup", [dict(warmup_steps=3), dict(warmup_fraction=0.3), dict()])
+def test_schedule_is_warmup_then_decay_to_min_ratio_closed_form(kind, warmup):
+    """lr(t) = peak t / w during warmup, then cosine (end + (peak - end)(1 + cos(pi s)) / 2) or linear
+    (peak + (end - peak) s) in s = (t - w) / (T - w), end = min_lr_ratio x peak, constant after T."""
+    total, peak, ratio = 10, 2e-3, 0.1
+    cfg = build.AdamWConfig(learning_rate=peak, schedule=kind, min_lr_ratio=ratio, **warmup)
+    lr = cfg.lr(peak, total)
+    w = 3 if warmup else 0
+    end = peak * ratio
+    for t in range(total + 3):
+        s = min(max(t - w, 0) / (total - w), 1.0)
+        decay = end + (peak - end) * (0.5 * (1 + np.cos(np.pi * s)) if kind == "cosine" else 1 - s)
+        want = peak * t / w if t < w else decay
+        np.testing.assert_allclose(float(lr(t)), want, rtol=1e-6, atol=1e-12, err_msg=f"t={t}")
+    assert build.AdamWConfig(learning_rate=peak).lr(peak, None) == peak  # constant
+
+
+def test_galore_config_passes_every_field_to_the_transform():
+    """GaLoreAdamWConfig is GaLore's one home: with every field off its default, its optimizer makes the updates
+    of `galore_adamw` called with those values (3 steps, a refresh every 2 with the randomized projector)."""
+    shapes = {"attn": {"q": {"kernel": (16, 2, 8)}}, "mlp": {"up": {"kernel": (16, 24)}}, "embed": (32, 16)}
+    params = jax.tree.map(lambda s: jax.random.normal(jax.random.PRNGKey(len(s)), s), shapes,
+                          is_leaf=lambda x: isinstance(x, tuple))
+    cfg = build.GaLoreAdamWConfig(
+        learning_rate=2e-3, weight_decay=0.01, b1=0.8, b2=0.99, eps=1e-7, rank=4, update_proj_gap=2, scale=0.5,
+        galore_learning_rate=5e-3, side="reverse_std", projector="randomized", oversample=3, power_iters=1,
+        randomized_variant="halko", moments="rotate", eps_mode="optax", stagger=True, moment_dtype="bfloat16", seed=7)
+    ref = build.galore_adamw(2e-3, rank=4, update_proj_gap=2, scale=0.5, b1=0.8, b2=0.99, eps=1e-7,
+                             weight_decay=0.01, galore_learning_rate=5e-3, side="reverse_std", projector="randomized",
+                             oversample=3, power_iters=1, randomized_variant="halko", moments="rotate",
+                             eps_mode="optax", stagger=True, moment_dtype="bfloat16", seed=7)
+    default = build.GaLoreAdamWConfig(learning_rate=2e-3, rank=4, update_proj_gap=2).build()
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(x.size), x.shape), params)
+
+    def three_steps(tx):
+        def run(p):
+            state = tx.init(p)
+            for _ in range(3):
+                u, state = tx.update(grads, state, p)
+            return u
+        return jax.jit(run)(params)
+
+    u1, u2, u3 = three_steps(cfg.build()), three_steps(ref), three_steps(default)
+    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.allclose(np.asarray(u1["attn"]["q"]["kernel"]),
+                           np.asarray(u3["attn"]["q"]["kernel"]))  # the fields do change the update
 
 
 def test_resume_restores_galore_projector_and_moments_exactly(tmp_path):
     """Train 6 steps in one go vs 3 steps + resume from the step-3 checkpoint: identical state (bit-exact).
     T = 2 with the randomized refresh, so the resumed run refreshes from restored keys and moments."""
+    from jaxllm.models import Model
     from jaxllm.train import Task, TrainerConfig, train
     from jaxllm.train.lm import next_token_loss
 
@@ -128,7 +191,7 @@ def test_resume_restores_galore_projector_and_moments_exactly(tmp_path):
     tokens = jax.random.randint(jax.random.PRNGKey(1), (4, 17), 0, cfg.vocab_size)
     task = Task(
         init_params=lambda key: tfm.init_params(cfg, key),
-        loss_fn=lambda p, batch, rng: next_token_loss(cfg, p, {"tokens": tokens}),
+        loss_fn=lambda p, batch, rng: next_token_loss(Model(cfg), p, {"tokens": tokens}),
         optimizer=build.galore_adamw(3e-3, rank=4, update_proj_gap=2, projector="randomized", moments="rotate"),
     )
     tc = TrainerConfig(steps=6, log_every=1, checkpoint_every=3, async_checkpoint=False, progress=False)
@@ -172,12 +235,13 @@ from jaxllm.optim import build
 from jaxllm.models import presets, transformer as tfm
 from jaxllm.train import Task, TrainerConfig, train
 from jaxllm.train.lm import next_token_loss
+from jaxllm.models import Model
 cfg = presets.get_preset("tiny_llama", n_layers=1, d_ff=64, vocab_size=64)
 tokens = jax.random.randint(jax.random.PRNGKey(1), (8, 17), 0, 64)
 losses = {}
 for fsdp in (1, 8):
     task = Task(init_params=lambda key: tfm.init_params(cfg, key),
-                loss_fn=lambda p, b, r: next_token_loss(cfg, p, {"tokens": tokens}),
+                loss_fn=lambda p, b, r: next_token_loss(Model(cfg), p, {"tokens": tokens}),
                 optimizer=build.galore_adamw(3e-3, rank=4, update_proj_gap=1, projector="randomized"),
                 logical_axes=tfm.logical_axes(cfg))
     tc = TrainerConfig(steps=3, log_every=1, progress=False, async_checkpoint=False,

@@ -4,16 +4,17 @@ import json
 
 import pytest
 
-from jaxllm.config import ConfigError
+from jaxllm.config import ConfigError, apply_overrides
 
 
 @pytest.mark.slow
 def test_galore_pretrain_smoke(tmp_path):
     from experiments import galore_pretrain as gp
 
-    cfg = gp.Config(d_model=32, n_layers=1, n_heads=2, d_ff=64, seq_len=32, batch_size=4, steps=6,
-                    docs_per_source=40, eval_docs_per_source=5, rank=4, update_proj_gap=2, ablations=False,
-                    run_dir=str(tmp_path))
+    cfg = apply_overrides(gp.Config(), [
+        "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=32",
+        "seq_len=32", "batch_size=4", "steps=6", "docs_per_source=40", "eval_docs_per_source=5", "galore.rank=4",
+        "galore.update_proj_gap=2", "ablations=false", f"run_dir={tmp_path}"])
     summary = gp.run(cfg)
     for name in ("adamw", "galore_svd", "galore2_randomized", "muon"):
         assert summary[f"{name}/eval_loss"] > 0
@@ -22,8 +23,19 @@ def test_galore_pretrain_smoke(tmp_path):
     assert (tmp_path / "plots" / "loss_curves.png").exists()
 
 
-def test_galore_pretrain_config_rejects_bad_rank():
-    from experiments import galore_pretrain as gp
+def test_galore_pretrain_config_rejects_bad_rank_and_keeps_todays_runs():
+    """Each run's optimizer is its own config; the defaults are the runs the documented figures come from."""
+    import dataclasses
 
-    with pytest.raises(ConfigError, match="rank"):
-        gp.Config(rank=1000)
+    from experiments import galore_pretrain as gp
+    from jaxllm.optim import build
+
+    with pytest.raises(ConfigError, match="galore.rank"):
+        apply_overrides(gp.Config(), ["galore.rank=1000"])
+    runs = gp.runs(apply_overrides(gp.Config(), ["ablations=false"]))
+    shared = dict(learning_rate=3e-3, schedule="cosine", warmup_fraction=0.1, min_lr_ratio=0.1, weight_decay=0.0)
+    galore = build.GaLoreAdamWConfig(**shared, galore_learning_rate=1e-2, scale=0.25, rank=32, update_proj_gap=50)
+    assert runs == {"adamw": build.AdamWConfig(**shared), "galore_svd": galore,
+                    "galore2_randomized": dataclasses.replace(galore, projector="randomized"),
+                    "muon": build.MuonConfig(**shared, muon_learning_rate=0.02)}
+    assert galore.eps == 1e-6 and runs["adamw"].eps == runs["muon"].eps == 1e-8 and runs["muon"].beta == 0.95

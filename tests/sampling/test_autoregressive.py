@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from jaxllm import hf
-from jaxllm.models import get_preset, init_params
+from jaxllm.models import Model, get_preset, init_params
 from jaxllm.models import transformer as tfm
 from jaxllm.sampling.autoregressive import SamplingConfig, filter_logits, generate
 
 CFG = get_preset("tiny_mobilellm", vocab_size=64, max_seq_len=64)
+MODEL = Model(CFG)
 PROMPTS = [[1, 5, 9, 11, 3], [1, 7], [4, 4, 8]]
 
 
@@ -21,7 +22,7 @@ def params():
 
 def test_cached_decode_matches_full_forward_at_every_step(params):
     s = SamplingConfig(max_new_tokens=6, return_top_logprobs=3)
-    out = generate(CFG, params, PROMPTS, jax.random.PRNGKey(0), s)
+    out = generate(MODEL, params, PROMPTS, jax.random.PRNGKey(0), s)
     full = jax.jit(lambda t: tfm.forward(CFG, params, t).logits)
     for b, p in enumerate(PROMPTS):
         seq = np.asarray(p + out.tokens[b].tolist())
@@ -38,7 +39,7 @@ def test_greedy_equals_transformers_generate(tmp_path, params):
 
     hf.save_pretrained(tmp_path, CFG, jax.tree.map(np.asarray, params))
     model = AutoModelForCausalLM.from_pretrained(tmp_path).eval().float()
-    out = generate(CFG, params, PROMPTS, jax.random.PRNGKey(0), SamplingConfig(max_new_tokens=8))
+    out = generate(MODEL, params, PROMPTS, jax.random.PRNGKey(0), SamplingConfig(max_new_tokens=8))
     for b, p in enumerate(PROMPTS):
         with torch.no_grad():
             ref = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
@@ -47,9 +48,9 @@ def test_greedy_equals_transformers_generate(tmp_path, params):
 
 
 def test_stop_tokens_end_rows_and_pad_the_rest(params):
-    first = generate(CFG, params, PROMPTS, jax.random.PRNGKey(0), SamplingConfig(max_new_tokens=6))
+    first = generate(MODEL, params, PROMPTS, jax.random.PRNGKey(0), SamplingConfig(max_new_tokens=6))
     stop = int(first.tokens[0, 2])  # row 0 emits this at step 2
-    out = generate(CFG, params, PROMPTS, jax.random.PRNGKey(0),
+    out = generate(MODEL, params, PROMPTS, jax.random.PRNGKey(0),
                    SamplingConfig(max_new_tokens=6, stop_tokens=(stop,), pad_id=63))
     t = out.tokens[0]
     assert int(out.lengths[0]) == list(first.tokens[0]).index(stop) + 1
@@ -59,9 +60,9 @@ def test_stop_tokens_end_rows_and_pad_the_rest(params):
 
 def test_sampling_is_reproducible_with_a_key_and_varies_across_keys(params):
     s = SamplingConfig(max_new_tokens=10, temperature=1.0, top_k=20, top_p=0.9)
-    a = generate(CFG, params, PROMPTS, jax.random.PRNGKey(1), s)
-    b = generate(CFG, params, PROMPTS, jax.random.PRNGKey(1), s)
-    c = generate(CFG, params, PROMPTS, jax.random.PRNGKey(2), s)
+    a = generate(MODEL, params, PROMPTS, jax.random.PRNGKey(1), s)
+    b = generate(MODEL, params, PROMPTS, jax.random.PRNGKey(1), s)
+    c = generate(MODEL, params, PROMPTS, jax.random.PRNGKey(2), s)
     np.testing.assert_array_equal(a.tokens, b.tokens)
     assert not np.array_equal(a.tokens, c.tokens)
 
@@ -77,8 +78,10 @@ def test_filter_logits_top_k_and_top_p():
 
 def test_bad_prompts_fail_before_tracing(params):
     with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 64\): \(row, id\) \[\(1, 64\)\]"):
-        generate(CFG, params, [[1, 2], [64]], jax.random.PRNGKey(0))
+        generate(MODEL, params, [[1, 2], [64]], jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="exceeds max_seq_len=64"):
-        generate(CFG, params, [[1] * 60], jax.random.PRNGKey(0), SamplingConfig(max_new_tokens=5))
+        generate(MODEL, params, [[1] * 60], jax.random.PRNGKey(0), SamplingConfig(max_new_tokens=5))
     with pytest.raises(ValueError, match="empty"):
-        generate(CFG, params, [[1], []], jax.random.PRNGKey(0))
+        generate(MODEL, params, [[1], []], jax.random.PRNGKey(0))
+    with pytest.raises(TypeError, match=r"needs a jaxllm.models.Model \(e.g. Model\(cfg\)\), got TransformerConfig"):
+        generate(CFG, params, [[1, 2]], jax.random.PRNGKey(0))

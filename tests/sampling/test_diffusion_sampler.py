@@ -1,4 +1,5 @@
-"""LLaDA sampler: schedule, blocks, inpainting, determinism, and parity with a numpy port of `generate`."""
+"""LLaDA sampler: schedule, blocks, inpainting, determinism, parity with a numpy port of `generate`, left-padded
+prompts of different lengths, and the mask token never generated (by default)."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxllm.config import ConfigError
+from jaxllm.models import Model, get_preset, init_params
 from jaxllm.sampling import diffusion as ds
 
 VOCAB, MASK, D = 12, 11, 16
@@ -24,8 +26,11 @@ def toy_params(seed=0, L=64):
             "out": jax.random.normal(k3, (D, VOCAB))}
 
 
-def reference_generate(apply_fn, params, prompt, steps, gen_length, block_length, cfg_scale=0.0):
-    """numpy port of LLaDA `generate` at temperature 0 with low-confidence remasking (ties: lower index)."""
+def reference_generate(apply_fn, params, prompt, steps, gen_length, block_length, cfg_scale=0.0, exclude_mask=False):
+    """numpy port of LLaDA `generate` at temperature 0 with low-confidence remasking (ties: lower index).
+
+    exclude_mask: x0 is the argmax over the tokens other than MASK (our default); the confidence stays
+    softmax(logits)[x0] over the whole vocabulary."""
     prompt = np.asarray(prompt)
     B, P = prompt.shape
     x = np.full((B, P + gen_length), MASK, np.int64)
@@ -48,7 +53,8 @@ def reference_generate(apply_fn, params, prompt, steps, gen_length, block_length
                 logits = un + (cfg_scale + 1) * (logits - un)
             else:
                 logits = np.asarray(apply_fn(params, jnp.asarray(x)), np.float64)
-            x0 = logits.argmax(-1)
+            x0 = np.where(np.arange(logits.shape[-1]) == MASK, -np.inf, logits).argmax(-1) if exclude_mask \
+                else logits.argmax(-1)
             p = np.exp(logits - logits.max(-1, keepdims=True))
             p /= p.sum(-1, keepdims=True)
             x0_p = np.take_along_axis(p, x0[..., None], -1)[..., 0]
@@ -69,6 +75,8 @@ def params():
 PROMPT = jnp.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]], jnp.int32)
 
 
+# The toy model's greedy choices never include the mask id, so these hold with or without its exclusion
+# (the exclusion itself is checked against the port with `biased_apply` below).
 @pytest.mark.parametrize("gen,block,steps", [(16, 4, 8), (16, 16, 16), (12, 4, 9), (16, 8, 4)])
 def test_matches_numpy_port_of_llada_generate(params, gen, block, steps):
     cfg = ds.DiffusionSamplerConfig(gen_length=gen, block_length=block, steps=steps, mask_id=MASK)
@@ -177,21 +185,122 @@ def test_bad_settings_are_named():
 
 
 def test_runs_on_the_transformer_with_causal_false():
-    from jaxllm.models import get_preset, init_params
-
     mcfg = get_preset("tiny_llada", d_model=32, n_layers=1, d_ff=64)
     p = init_params(mcfg, jax.random.PRNGKey(0))
     cfg = ds.DiffusionSamplerConfig(gen_length=8, block_length=4, steps=4, mask_id=mcfg.mask_token_id)
-    fn = ds.transformer_apply_fn(mcfg)
-    out = ds.generate(fn, p, PROMPT, jax.random.PRNGKey(0), cfg)
-    want = reference_generate_transformer(fn, p, cfg)
+    model = Model(mcfg)
+    out = ds.generate(model, p, PROMPT, jax.random.PRNGKey(0), cfg)
+    want = reference_generate_transformer(model, p, cfg, exclude_mask=True)
     np.testing.assert_array_equal(np.asarray(out.tokens), want)
 
 
-def reference_generate_transformer(fn, p, cfg):
+def reference_generate_transformer(fn, p, cfg, prompt=PROMPT, exclude_mask=False):
     global MASK
     old, MASK = MASK, cfg.mask_id
     try:
-        return reference_generate(fn, p, PROMPT, cfg.steps, cfg.gen_length, cfg.block_length)
+        return reference_generate(fn, p, prompt, cfg.steps, cfg.gen_length, cfg.block_length, cfg.cfg_scale,
+                                  exclude_mask=exclude_mask)
     finally:
         MASK = old
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Left-padded prompts of different lengths (real batches), on the Transformer.
+
+# init_std 0.3: an untrained model whose samples depend on the prompt (at 0.02 every row decodes one token)
+TINY_ARGS = dict(vocab_size=24, mask_token_id=23, d_model=32, n_layers=2, d_ff=64, max_seq_len=64, init_std=0.3)
+TINY = get_preset("tiny_llada", **TINY_ARGS)
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    return init_params(TINY, jax.random.PRNGKey(3))
+
+
+def _padded_batch(prompts, P, pad_id):
+    out = np.full((len(prompts), P), pad_id, np.int32)
+    for i, pr in enumerate(prompts):
+        out[i, P - len(pr):] = pr
+    return jnp.asarray(out), jnp.asarray([len(pr) for pr in prompts])
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, pytest.param(1.0, marks=pytest.mark.slow)])
+def test_padded_row_equals_the_same_prompt_alone(tiny_params, cfg_scale):
+    """A row's greedy sample does not depend on the padding its batch needed: hidden keys, positions from its
+    first real token. Tokens and unmask steps are exactly those of the row sampled alone (the confidences too,
+    up to float32 reduction order over the longer key axis)."""
+    model = Model(TINY)
+    cfg = ds.DiffusionSamplerConfig(gen_length=8, block_length=4, steps=8, mask_id=TINY.mask_token_id,
+                                    cfg_scale=cfg_scale)
+    prompts = [[3, 4, 5, 6, 7, 8], [9, 10, 11], [12]]
+    batch, lengths = _padded_batch(prompts, 6, pad_id=17)  # a real token as pad: only the mask may hide it
+    out = ds.generate(model, tiny_params, batch, jax.random.PRNGKey(0), cfg, prompt_lengths=lengths)
+    for b, pr in enumerate(prompts):
+        alone = ds.generate(model, tiny_params, jnp.asarray([pr], jnp.int32), jax.random.PRNGKey(0), cfg)
+        np.testing.assert_array_equal(np.asarray(out.tokens)[b, 6:], np.asarray(alone.tokens)[0, len(pr):])
+        np.testing.assert_array_equal(np.asarray(out.unmask_step)[b], np.asarray(alone.unmask_step)[0])
+        np.testing.assert_allclose(np.asarray(out.confidence)[b], np.asarray(alone.confidence)[0], rtol=1e-5)
+    # without the layout the padding is seen as text and the short rows change
+    blind = ds.generate(model, tiny_params, batch, jax.random.PRNGKey(0), cfg)
+    assert not np.array_equal(np.asarray(blind.tokens)[1:], np.asarray(out.tokens)[1:])
+
+
+def test_full_length_prompt_lengths_equal_the_unpadded_sampler(tiny_params):
+    model = Model(TINY)
+    cfg = ds.DiffusionSamplerConfig(gen_length=8, block_length=8, steps=4, mask_id=TINY.mask_token_id)
+    prompt = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 0, TINY.mask_token_id)
+    a = ds.generate(model, tiny_params, prompt, jax.random.PRNGKey(0), cfg)
+    b = ds.generate(model, tiny_params, prompt, jax.random.PRNGKey(0), cfg, prompt_lengths=jnp.full((3,), 5))
+    np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
+    np.testing.assert_array_equal(np.asarray(a.unmask_step), np.asarray(b.unmask_step))
+    # an all-True mask changes XLA's fusion of the softmax: float32 rounding only
+    np.testing.assert_allclose(np.asarray(a.confidence), np.asarray(b.confidence), rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(a.tokens),
+                                  reference_generate_transformer(model, tiny_params, cfg, prompt, exclude_mask=True))
+
+
+def test_bad_prompt_lengths_are_named(tiny_params):
+    cfg = ds.DiffusionSamplerConfig(gen_length=4, block_length=4, steps=4, mask_id=TINY.mask_token_id)
+    prompt = jnp.zeros((2, 3), jnp.int32)
+    with pytest.raises(ValueError, match=r"prompt_lengths must lie in \[0, 3\]"):
+        ds.generate(Model(TINY), tiny_params, prompt, jax.random.PRNGKey(0), cfg, prompt_lengths=jnp.array([3, 4]))
+    with pytest.raises(ValueError, match="prompt_lengths must have shape"):
+        ds.generate(Model(TINY), tiny_params, prompt, jax.random.PRNGKey(0), cfg, prompt_lengths=jnp.array([3]))
+    with pytest.raises(ValueError, match="mask_id=30 is outside the model's vocabulary"):
+        ds.generate(Model(TINY), tiny_params, prompt, jax.random.PRNGKey(0),
+                    ds.DiffusionSamplerConfig(gen_length=4, block_length=4, steps=4, mask_id=30))
+
+
+def test_equal_models_share_one_compilation(tiny_params):
+    """The model object is a static jit argument: a Model rebuilt from an equal config reuses the trace."""
+    cfg = ds.DiffusionSamplerConfig(gen_length=4, block_length=4, steps=2, mask_id=TINY.mask_token_id)
+    prompt = jnp.zeros((2, 3), jnp.int32)
+    ds.generate(Model(TINY), tiny_params, prompt, jax.random.PRNGKey(0), cfg)
+    before = ds._sample_jit._cache_size()
+    rebuilt = Model(get_preset("tiny_llada", **TINY_ARGS))
+    ds.generate(rebuilt, tiny_params, prompt, jax.random.PRNGKey(1), cfg)
+    assert ds._sample_jit._cache_size() == before
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The mask token as generated text (SPG issue: rollouts must never contain it).
+
+
+def biased_apply(params, tokens):
+    """The toy model with the mask id's logit raised to the level of the top logits (the most likely token at
+    about half the positions), as an untrained model can have it."""
+    return toy_apply(params, tokens).at[..., MASK].add(45.0)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_mask_token_is_never_generated_by_default(params, temperature):
+    cfg = ds.DiffusionSamplerConfig(gen_length=16, block_length=8, steps=8, mask_id=MASK, temperature=temperature)
+    ref = ds.generate(biased_apply, params, PROMPT, jax.random.PRNGKey(0),
+                      ds.DiffusionSamplerConfig(**{**cfg.__dict__, "allow_mask_token": True}))
+    assert np.any(np.asarray(ref.tokens)[:, 3:] == MASK)  # LLaDA's reference writes the mask id as text
+    out = ds.generate(biased_apply, params, PROMPT, jax.random.PRNGKey(0), cfg)
+    gen = np.asarray(out.tokens)[:, 3:]
+    assert not np.any(gen == MASK)
+    if temperature == 0.0:  # greedy: the most likely token other than the mask, LLaDA's confidence kept
+        want = reference_generate(biased_apply, params, PROMPT, 8, 16, 8, exclude_mask=True)
+        np.testing.assert_array_equal(np.asarray(out.tokens), want)

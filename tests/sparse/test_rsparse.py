@@ -1,13 +1,21 @@
-"""R-Sparse method: budget rule, exactness at full rank, calibration, the decoder transform, search."""
+"""R-Sparse method: budget rule, exactness at full rank, calibration, the decoder transform (an injected linear,
+with the Pallas kernel reachable from it), search."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxllm.models import Model
 from jaxllm.models import transformer as tfm
 from jaxllm.models.presets import get_preset
 from jaxllm.sparse import rsparse as rs
+from pallas_kernels import rsparse_gemv as rk
 
 
 def _tiny(name="tiny_llama", seed=0):
@@ -93,7 +101,7 @@ def test_decoder_transformed_at_zero_sparsity_equals_dense(preset):
     cfg, params, tokens = _tiny(preset)
     tree, _ = rs.rsparsify(cfg, params, tokens, 0.0, 0.9)
     dense = tfm.forward(cfg, params, tokens).logits
-    sparse = tfm.forward(cfg, tree, tokens, sparse_fraction=1.0).logits
+    sparse = rs.rsparse_model(cfg, 1.0)(tree, tokens)
     np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), atol=1e-5)
 
 
@@ -101,15 +109,16 @@ def test_prefill_dense_then_sparse_decode_matches_sparse_fraction_forward():
     cfg, params, tokens = _tiny()
     tree, _ = rs.rsparsify(cfg, params, tokens, 0.5, 0.7)
     T, P = tokens.shape[1], 8
-    full = tfm.forward(cfg, tree, tokens, sparse_fraction=(T - P) / T).logits
+    full = rs.rsparse_model(cfg, (T - P) / T)(tree, tokens)
     dense = tfm.forward(cfg, params, tokens).logits
     np.testing.assert_allclose(np.asarray(full[:, :P]), np.asarray(dense[:, :P]), atol=1e-5)  # prefix untouched
     assert float(jnp.abs(full[:, P:] - dense[:, P:]).max()) > 1e-3  # the sparse tokens do change
     cache = tfm.init_cache(cfg, tokens.shape[0], T)
-    out = tfm.forward(cfg, tree, tokens[:, :P], cache=cache, cache_index=0)  # prefill: dense (f = 0)
+    out = Model(cfg).forward(tree, tokens[:, :P], cache=cache, cache_index=0)  # prefill: the dense model
     cache, steps = out.cache, []
+    decode = rs.rsparse_model(cfg, 1.0)
     for t in range(P, T):
-        out = tfm.forward(cfg, tree, tokens[:, t:t + 1], cache=cache, cache_index=t, sparse_fraction=1.0)
+        out = decode.forward(tree, tokens[:, t:t + 1], cache=cache, cache_index=t)
         cache = out.cache
         steps.append(out.logits)
     np.testing.assert_allclose(np.asarray(jnp.concatenate(steps, 1)), np.asarray(full[:, P:]), atol=1e-4)
@@ -121,12 +130,12 @@ def test_shape_mismatch_names_the_layer():
     bad = jax.tree.map(lambda v: v, tree)
     bad["layer_1"]["mlp"]["down"]["rsparse"]["scale"] = jnp.ones((7,))
     with pytest.raises(ValueError, match="layer_1/mlp/down"):
-        tfm.forward(cfg, bad, tokens, sparse_fraction=1.0)
+        rs.rsparse_model(cfg, 1.0)(bad, tokens)
     f = rs.svd_factors(np.ones((8, 4)))
     with pytest.raises(ValueError, match="layer_0/attn/q"):
         rs.build_entry("layer_0/attn/q", rs.layer_budget("layer_0/attn/q", 8, 4, 0.5, 0.5), f, np.ones((3, 5)))
     with pytest.raises(ValueError, match="sparse_fraction"):
-        tfm.forward(cfg, tree, tokens, sparse_fraction=1.5)
+        rs.RSparseLinear(sparse_fraction=1.5)
 
 
 def test_greedy_search_finds_exact_low_rank_path_for_a_low_rank_layer():
@@ -155,3 +164,95 @@ def test_evolutionary_search_never_worse_than_its_start():
                                                          generations=2, population=4, seed=0)
     assert set(alphas) == set(names) and all(0.0 <= a <= 1.0 for a in alphas.values())
     assert history == sorted(history, reverse=True) and best == history[-1]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The injected linear: no cycle, arrays-only trees, and the Pallas kernel reachable from rsparsify + forward.
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_transformer_never_imports_the_sparse_package():
+    """R-Sparse is injected (Model(cfg, linear=...)): transformer.py names no jaxllm.sparse module, and importing
+    the models package does not load it."""
+    tree = ast.parse((ROOT / "jaxllm/models/transformer.py").read_text())
+    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+    names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not [n for n in names if n.startswith("jaxllm.sparse") or n.startswith("pallas_kernels")], names
+    code = "import sys, jaxllm.models; print(sorted(m for m in sys.modules if m.startswith('jaxllm.sparse')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_rsparse_tree_holds_only_arrays_and_the_linear_sees_every_projection():
+    cfg, params, tokens = _tiny()
+    tree, _ = rs.rsparsify(cfg, params, tokens, 0.5, 0.8)
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(tree))
+    seen = []
+
+    def recording(name, p, x, eqn):
+        seen.append(name)
+        return tfm.dense_linear(name, p, x, eqn)
+
+    Model(cfg, linear=recording).forward(tree, tokens)
+    assert sorted(seen) == sorted(rs.projections(params))  # each once, named by the tree path R-Sparse calibrated
+
+
+BLOCKS = rk.BlockSizes(block_k=32, block_n=32, block_r=16)  # tiny_llama's 64/32/128-wide layers fit
+
+
+@pytest.mark.parametrize("padded_rank", [pytest.param(False, marks=pytest.mark.slow), True],
+                         ids=["exact_rank", "rank_mask"])
+def test_pallas_kernel_through_rsparsify_and_forward_equals_jnp_path(padded_rank):
+    """Decode-shaped calls (B·T ≤ 4 sparse rows) of a Model with RSparseLinear(interpret=True) run the Pallas GEMV
+    (interpret mode on CPU) and give the jnp path's logits; longer calls stay on the jnp path. Tolerance: float32
+    with a different summation order (kernel: per-tile fp32 sums; jnp: one dot), ~1e-6 on O(1) logits."""
+    cfg = get_preset("tiny_llama", n_layers=1)  # one layer: interpret mode runs every kernel program in Python
+    params = tfm.init_params(cfg, jax.random.PRNGKey(0))
+    tokens = jax.random.randint(jax.random.PRNGKey(1), (2, 10), 0, cfg.vocab_size)
+    pad = None
+    if padded_rank:
+        pad = {n: rs.layer_budget(n, *rs.kernel_matrix(n, p["kernel"]).shape, 0.5, 0.0).rank
+               for n, p in rs.projections(params).items()}
+    tree, _ = rs.rsparsify(cfg, params, tokens, 0.5, 0.7, pad_rank=pad)
+    kernel = rs.rsparse_model(cfg, 1.0, interpret=True, blocks=BLOCKS)
+    plain = rs.rsparse_model(cfg, 1.0, use_kernel=False)
+    short = tokens[:, :2]  # 2 rows x 2 tokens = 4 sparse rows per projection
+    assert "pallas_call" in str(jax.make_jaxpr(kernel)(tree, short))
+    assert "pallas_call" not in str(jax.make_jaxpr(plain)(tree, short))
+    assert "pallas_call" not in str(jax.make_jaxpr(kernel)(tree, tokens))  # 20 rows: the jnp path
+    want = np.asarray(plain(tree, short))
+    np.testing.assert_allclose(np.asarray(jax.jit(kernel)(tree, short)), want, atol=2e-5, rtol=1e-5)
+    assert float(np.abs(want - np.asarray(Model(cfg)(params, short))).max()) > 1e-3  # sparsity is in effect
+    # one decode step with a KV cache (2 rows x 1 token), the serving shape
+    cache = tfm.init_cache(cfg, 2, tokens.shape[1])
+    pre = Model(cfg).forward(tree, tokens[:, :5], cache=cache, cache_index=0)
+    step = lambda m: m.forward(tree, tokens[:, 5:6], cache=pre.cache, cache_index=5).logits  # noqa: E731
+    np.testing.assert_allclose(np.asarray(step(kernel)), np.asarray(step(plain)), atol=2e-5, rtol=1e-5)
+
+
+def test_models_with_equal_sparse_linears_are_equal_and_hash_equal():
+    cfg = get_preset("tiny_llama")
+    a, b = rs.rsparse_model(cfg, 0.5, blocks=BLOCKS), rs.rsparse_model(get_preset("tiny_llama"), 0.5, blocks=BLOCKS)
+    assert a == b and hash(a) == hash(b)
+    assert a != rs.rsparse_model(cfg, 1.0, blocks=BLOCKS) and a != Model(cfg)
+
+
+def _has_gpu():
+    try:
+        return any(d.platform == "gpu" for d in jax.devices())
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_gpu(), reason="needs a GPU (the Pallas Triton lowering is GPU-only)")
+def test_sparse_decode_on_gpu_dispatches_to_the_compiled_kernel():
+    cfg, params, tokens = _tiny()
+    tree, _ = rs.rsparsify(cfg, params, tokens, 0.5, 0.7)
+    kernel, plain = rs.rsparse_model(cfg, 1.0, blocks=BLOCKS), rs.rsparse_model(cfg, 1.0, use_kernel=False)
+    short = tokens[:, :2]
+    assert "pallas_call" in str(jax.make_jaxpr(kernel)(tree, short))
+    got, want = np.asarray(jax.jit(kernel)(tree, short)), np.asarray(jax.jit(plain)(tree, short))
+    print(f"GPU kernel vs jnp path through the model: max abs logit diff {np.abs(got - want).max():.2e}")
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)  # GPU dots may use other accumulation orders

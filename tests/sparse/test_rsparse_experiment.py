@@ -13,7 +13,7 @@ def test_rsparse_eval_runs_end_to_end(tmp_path):
 
     cfg = apply_overrides(rsparse_eval.Config(), [
         f"run_dir={tmp_path}", "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.n_kv_heads=1",
-        "model.d_ff=64", "model.seq_len=32", "model.batch_size=4", "model.trainer.steps=20",
+        "model.d_ff=64", "model.max_seq_len=32", "train.seq_len=32", "train.batch_size=4", "train.trainer.steps=20",
         "sparsities=0.5", "calib_windows=2", "search_windows=2", "eval_windows=4", "search_generations=1",
         "search_population=3"])
     summary = rsparse_eval.run(cfg)

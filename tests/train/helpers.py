@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxllm.train import Task, TrainerConfig, minibatches
+from jaxllm.train import SourceBatch, Task, TrainerConfig, host_rng, minibatches
 
 
 def regression_data(n: int = 64, d: int = 8, seed: int = 0, nan_row: int | None = None):
@@ -18,6 +20,10 @@ def regression_data(n: int = 64, d: int = 8, seed: int = 0, nan_row: int | None 
     if nan_row is not None:
         x[nan_row] = np.nan
     return {"x": x, "y": y}
+
+
+def predict(params, x):
+    return jnp.tanh(x @ params["w1"]) @ params["w2"]
 
 
 def regression_task(batch_size: int = 8, seed: int = 0, lr: float = 1e-2, nan_row: int | None = None,
@@ -31,9 +37,6 @@ def regression_task(batch_size: int = 8, seed: int = 0, lr: float = 1e-2, nan_ro
     def init_params(key):
         k1, k2 = jax.random.split(key)
         return {"w1": jax.random.normal(k1, (d, 16)) / np.sqrt(d), "w2": jax.random.normal(k2, (16,)) / 4.0}
-
-    def predict(params, x):
-        return jnp.tanh(x @ params["w1"]) @ params["w2"]
 
     def loss_fn(params, batch, rng):
         batch = data if batch is None else batch  # full-batch mode: the data is closed over
@@ -66,3 +69,45 @@ def strip_perf(rows: list[dict]) -> list[dict]:
 # The run the SIGKILL test interrupts (async checkpoints every 5 steps, one metrics row per step).
 RESUME_CFG = TrainerConfig(steps=40, log_every=1, eval_every=10, checkpoint_every=5, keep_checkpoints=2,
                            progress=False)
+
+
+class SelfLabelSource:
+    """A batch source shaped like an RL rollout: it reads the current parameters (targets mix a fixed teacher
+    with the model's own squashed predictions, as pseudo-labels or rewards would), draws inputs from host state
+    (a numpy Generator and a call counter, checkpointed via get_state / set_state) plus noise from the batch
+    key, and returns host metrics. A resume that restored any of these wrongly would change the batches."""
+
+    def __init__(self, batch_size: int = 8, seed: int = 0):
+        self.batch_size, self.generator, self.calls = batch_size, np.random.default_rng(seed), 0
+        self.seen = []  # (state.step, batch key) of each call, for tests
+
+    def __call__(self, state, key):
+        d = 8
+        x = self.generator.standard_normal((self.batch_size, d)).astype(np.float32)
+        x += 0.1 * host_rng(key).standard_normal(x.shape).astype(np.float32)
+        pred = np.asarray(_predict(state.params, x))
+        teacher = np.random.RandomState(123).randn(d).astype(np.float32)
+        y = (x @ teacher + 0.5 * np.tanh(pred) + 0.01 * self.calls).astype(np.float32)
+        self.calls += 1
+        self.seen.append((int(state.step), np.asarray(key).tolist()))
+        return SourceBatch({"x": x, "y": y}, {"source/calls": self.calls, "source/mean_pred": float(pred.mean())})
+
+    def get_state(self) -> dict:
+        return {"calls": self.calls, "generator": self.generator.bit_generator.state}
+
+    def set_state(self, state: dict) -> None:
+        self.calls = state["calls"]
+        self.generator.bit_generator.state = state["generator"]
+
+
+_predict = jax.jit(predict)
+
+
+def source_task(source=None) -> Task:
+    """The regression model trained on `SelfLabelSource` batches (state-dependent, with host state)."""
+    return dataclasses.replace(regression_task(batch_size=0), batches=source or SelfLabelSource())
+
+
+# The state-dependent-source run the second SIGKILL test interrupts: μ = 2 updates per batch.
+SOURCE_CFG = TrainerConfig(steps=40, log_every=1, eval_every=10, checkpoint_every=4, keep_checkpoints=2,
+                           updates_per_batch=2, progress=False)

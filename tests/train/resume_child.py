@@ -1,6 +1,6 @@
 """Child process for the SIGKILL resume test: `python -m tests.train.resume_child RUN_DIR`.
 
-Env: SLEEP (seconds per log step, so the parent can kill it mid-run), KILL_AT (a step at which it SIGKILLs
+Env: SOURCE=1 (train `source_task()` under SOURCE_CFG: a state-dependent batch source, μ = 2), SLEEP (seconds per log step, so the parent can kill it mid-run), KILL_AT (a step at which it SIGKILLs
 itself right after logging, while the previous checkpoint's async save may still be in flight).
 """
 
@@ -11,7 +11,7 @@ import time
 
 from jaxllm.train import train
 from jaxllm.train.checkpoint import fingerprint
-from tests.train.helpers import RESUME_CFG, regression_task
+from tests.train.helpers import RESUME_CFG, SOURCE_CFG, regression_task, source_task
 
 
 def main(run_dir: str) -> None:
@@ -24,7 +24,10 @@ def main(run_dir: str) -> None:
         if step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    result = train(RESUME_CFG, regression_task(), run_dir, hooks=[hook])
+    if os.environ.get("SOURCE") == "1":
+        result = train(SOURCE_CFG, source_task(), run_dir, hooks=[hook])
+    else:
+        result = train(RESUME_CFG, regression_task(), run_dir, hooks=[hook])
     print("FINGERPRINT", fingerprint(result.state), flush=True)
 
 

@@ -1,4 +1,4 @@
-"""The experiment registry and `python -m jaxllm.train` (= `make train EXP=... ARGS=...`): listing, unknown
+"""The experiment registry and `python -m experiments` (= `make train EXP=... ARGS=...`): listing, unknown
 names, overrides, the run_dir layout and resume through the CLI."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import experiments
-from jaxllm import registry
-from jaxllm.train.__main__ import main
+from experiments import _registry as registry
+from experiments.__main__ import main
 from jaxllm.train.metrics import read_metrics
 from tests.subprocess_util import ROOT
 
@@ -23,7 +23,7 @@ FAKE = str(Path(__file__).parent / "fake_experiments")
 
 def _cli(*args, cwd=ROOT):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "jaxllm.train", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "experiments", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=300)
 
 

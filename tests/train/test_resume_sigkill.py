@@ -1,5 +1,6 @@
 """Exact resume: a training process killed with SIGKILL and restarted gives bit-identical metrics and final
-parameters to an uninterrupted run, with no duplicated or missing step in metrics.jsonl."""
+parameters to an uninterrupted run, with no duplicated or missing step in metrics.jsonl. Also for a batch
+source that reads the parameters and keeps host state (numpy Generator, counter) with μ = 2 updates per batch."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from jaxllm.train import train
 from jaxllm.train.checkpoint import fingerprint
 from jaxllm.train.metrics import read_metrics
 from tests.subprocess_util import ROOT
-from tests.train.helpers import RESUME_CFG, regression_task, strip_perf
+from tests.train.helpers import RESUME_CFG, SOURCE_CFG, regression_task, source_task, strip_perf
 
 
 def _env(**extra):
@@ -31,17 +32,28 @@ def _child(run_dir, **env):
                             env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_then_restart_equals_uninterrupted(tmp_path):
-    reference = train(RESUME_CFG, regression_task(), str(tmp_path / "reference"))
+# (name, trainer config, task factory, child env, checkpoints a run killed at step 27 can resume from)
+RUNS = {
+    "iterator": (RESUME_CFG, regression_task, {}, (20, 25)),
+    "state_source_mu2": (SOURCE_CFG, source_task, {"SOURCE": 1}, (20, 24)),
+}
+
+
+# The source variant takes ~25 s on two idle cores: slow tier (test_batch_source covers its resume in-process).
+@pytest.mark.parametrize("name", ["iterator", pytest.param("state_source_mu2", marks=pytest.mark.slow)])
+def test_sigkill_then_restart_equals_uninterrupted(tmp_path, name):
+    cfg, make_task, env, resumable = RUNS[name]
+    reference = train(cfg, make_task(), str(tmp_path / "reference"))
     ref_rows = strip_perf(reference.history)
-    all_steps = [0, *range(1, RESUME_CFG.steps + 1)]
+    all_steps = [0, *range(1, cfg.steps + 1)]
     assert [r["step"] for r in ref_rows] == all_steps
 
     run_dir = tmp_path / "killed"
-    # 1. Killed from outside, at whatever point it has reached once checkpoint 10 is on disk.
-    proc = _child(run_dir, SLEEP=0.05)
+    # 1. Killed from outside, at whatever point it has reached once checkpoint 10 (8 for μ = 2) is on disk.
+    first = 10 if cfg.checkpoint_every == 5 else 8
+    proc = _child(run_dir, SLEEP=0.05, **env)
     deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "10").exists():
+    while not (run_dir / "checkpoints" / str(first)).exists():
         assert proc.poll() is None, f"child ended early: {proc.communicate()}"
         assert time.time() < deadline, "no checkpoint within 300 s"
         time.sleep(0.01)
@@ -49,27 +61,28 @@ def test_sigkill_then_restart_equals_uninterrupted(tmp_path):
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     killed_at = read_metrics(run_dir / "metrics.jsonl")[-1]["step"]
-    assert 10 <= killed_at < RESUME_CFG.steps
+    assert first <= killed_at < cfg.steps
 
-    # 2. Restarted, then it kills itself at step 27, just after logging (the step-25 save may be in flight).
-    proc = _child(run_dir, KILL_AT=27)
+    # 2. Restarted, then it kills itself at step 27, just after logging (the previous save may be in flight).
+    proc = _child(run_dir, KILL_AT=27, **env)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, err[-3000:]
     assert "resumed from checkpoint step" in out
     assert read_metrics(run_dir / "metrics.jsonl")[-1]["step"] == 27
 
     # 3. Restarted again and run to the end.
-    proc = _child(run_dir)
+    proc = _child(run_dir, **env)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     resumed = int(out.split("resumed from checkpoint step ")[1].split()[0])
-    assert resumed in (20, 25)
+    assert resumed in resumable
 
     rows = strip_perf(read_metrics(run_dir / "metrics.jsonl"))
     assert [r["step"] for r in rows] == all_steps  # nothing duplicated or missing
-    assert rows == ref_rows  # bit-identical (floats compared exactly)
+    assert rows == ref_rows  # bit-identical (floats compared exactly), source host metrics included
     assert f"FINGERPRINT {fingerprint(reference.state)}" in out  # final params/opt state/RNG identical
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["35", "40"]  # tmp dirs cleaned up
+    last_two = [str(cfg.steps - cfg.checkpoint_every), str(cfg.steps)]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == last_two  # tmp dirs cleaned up
     assert not Path(run_dir, "metrics.jsonl.tmp").exists()
 
 

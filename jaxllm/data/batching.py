@@ -29,20 +29,28 @@ def _leading_size(arrays: Any) -> int:
     return sizes.pop()
 
 
-def minibatches(arrays: Any, batch_size: int, seed: int, shuffle: bool = True) -> grain.IterDataset:
+def minibatches(arrays: Any, batch_size: int, seed: int, shuffle: bool = True,
+                shard: tuple[int, int] = (0, 1)) -> grain.IterDataset:
     """Endless batches of `batch_size` rows of `arrays` (a pytree of arrays sharing the leading axis).
 
     Epoch e visits every row once in a permutation seeded by (seed, e); a batch may span two epochs.
+    shard=(i, n): only rows [i·b, (i+1)·b), b = batch_size / n, of each of those batches are read (one process
+    of n; `jaxllm.parallel.process_shard` gives its (i, n)); the n shards together are the unsharded batch.
     """
     n = _leading_size(arrays)
     if not 1 <= batch_size <= n:
         raise ConfigError(f"batch_size must be in [1, {n}] (the number of examples), got {batch_size}")
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count and batch_size % count == 0):
+        raise ConfigError(f"shard={shard} must be (index, count) with 0 <= index < count and count dividing "
+                          f"batch_size={batch_size}")
+    part = slice(index * batch_size // count, (index + 1) * batch_size // count)
     host = jax.tree.map(np.asarray, arrays)
     ds = grain.MapDataset.range(n)
     if shuffle:
         ds = ds.seed(seed).shuffle()
     ds = ds.repeat(None).batch(batch_size, drop_remainder=True)
-    ds = ds.map(lambda idx: jax.tree.map(lambda x: x[np.asarray(idx)], host))
+    ds = ds.map(lambda idx: jax.tree.map(lambda x: x[np.asarray(idx)[part]], host))
     # In-memory gathers are cheap: no read-ahead threads (grain's default prefetches 500 elements with 16
     # threads, which only burns CPU here and keeps going past the step a run stops at).
     return ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))

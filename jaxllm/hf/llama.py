@@ -239,8 +239,12 @@ _INERT = {"architectures", "model_type", "transformers_version", "torch_dtype", 
           "rms_norm_eps", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
           "head_dim", "vocab_size", "hidden_act", "attention_bias", "mlp_bias", "pretraining_tp",
           "use_qk_norm", "intermediate_size_mlp", "moe_layers", "no_rope_layers", "for_llm_compressor",
-          "generation_config"}
-# (most names above are read and checked below; listing them here only marks them as known)
+          "generation_config",
+          # written by real checkpoints / transformers' GGUF import, never read by the forward pass:
+          "_model_name_or_path", "unk_token_id", "sep_token_id", "output_attentions", "output_hidden_states",
+          "return_dict", "_attn_implementation_autoset"}
+# (most names above are read and checked below; listing them here only marks them as known). Anything else,
+# e.g. `quantization_config` (the tensors would not be plain weights) or `sliding_window`, is rejected.
 
 
 def _require(hf: dict, key: str, ok: Callable[[Any], bool], expected: str, default=None):

@@ -1,4 +1,8 @@
-"""The experiment registry: every module in `experiments/` with a `Config` dataclass and `run(config)`."""
+"""The experiment registry: every module in `experiments/` (not starting with `_`) that defines a `Config`
+dataclass (with a `run_dir: str = ""` field) and `run(config) -> summary`.
+
+The library (`jaxllm`) never imports this package: experiments wire the library's parts, not the reverse.
+"""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from jaxllm.hf import (
+from jaxllm.hf.llama import (
     CheckpointError,
     Spec,
     check_names,

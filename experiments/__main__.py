@@ -1,10 +1,12 @@
-"""`python -m jaxllm.train <experiment> key=value ...` (the same as `make train EXP=... ARGS=...`)."""
+"""`python -m experiments <experiment> key=value ...` (the same as `make train EXP=... ARGS=...`).
+
+Run from the repository root (the `experiments` package is not installed; the library is)."""
 
 from __future__ import annotations
 
 import sys
 
-from jaxllm import registry
+from experiments import _registry as registry
 from jaxllm.config import ConfigError, apply_overrides
 from jaxllm.train.run import default_run_dir
 

@@ -1,0 +1,174 @@
+"""Shared by the SPG RL experiments: load the SFT start, run RL through the one trainer (`jaxllm.rl.loop`),
+evaluate on the held-out split before and after, write summary.json and the reward plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import _dllm_sft as dllm
+from jaxllm.config import check
+from jaxllm.models import Model, init_params, logical_axes
+from jaxllm.optim import build
+from jaxllm.rl import RLLossConfig
+from jaxllm.rl.loop import (
+    PromptSet,
+    RolloutConfig,
+    RolloutSource,
+    check_trainer,
+    diffusion_sampler,
+    make_rl_task,
+)
+from jaxllm.rl.lora import LoraConfig, LoraLinear, add_lora, lora_logical_axes, lora_optimizer, merge_lora
+from jaxllm.sampling.diffusion import DiffusionSamplerConfig
+from jaxllm.train import TrainerConfig, save_figure, train, write_summary
+from jaxllm.train.checkpoint import Checkpointer
+from jaxllm.train.trainer import TrainState
+
+# AdamW(0.9, 0.99) as SPG's train.yaml, constant lr, clipping at 1 (SPG clips at 0.2 for an 8B LoRA; the tiny
+# model's gradient norms are larger). lr 3e-4: 10x below the SFT peak (3e-3), the SFT's final lr.
+RL_OPTIM = build.AdamWConfig(learning_rate=3e-4, b2=0.99, weight_decay=0.0, grad_clip=1.0)
+RL_TRAINER = TrainerConfig(steps=4, log_every=4, checkpoint_every=40, updates_per_batch=4, progress=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLSettings:
+    """The RL part of an spg_* experiment (the loss is chosen by the experiment's top-level `loss=`).
+
+    iterations: rollout batches (each gives rl.inner_steps = μ updates). prompts_per_batch × rl.group_size
+    completions per batch. temperature / sample_steps / sample_block: the rollout sampler (low-confidence
+    remasking). eval_steps / eval_block: the greedy held-out protocol.
+    """
+
+    iterations: int = 40
+    prompts_per_batch: int = 8
+    temperature: float = 0.7
+    sample_steps: int = 32
+    sample_block: int = 32
+    eval_steps: int = 32
+    eval_block: int = 32
+    n_prompts: int = 4000  # RL prompts drawn from the SFT training problems
+
+    def __post_init__(self):
+        check(self.iterations >= 1, f"rl_run.iterations must be ≥ 1, got {self.iterations}")
+        check(self.prompts_per_batch >= 1, f"rl_run.prompts_per_batch must be ≥ 1, got {self.prompts_per_batch}")
+        check(self.temperature >= 0, f"rl_run.temperature must be ≥ 0, got {self.temperature}")
+
+
+def load_sft_params(sft_run_dir: str, mcfg, sft_optim: build.OptimizerConfig, sft_steps: int):
+    """The parameters of the newest SFT checkpoint in `<sft_run_dir>/sft/checkpoints` (a dllm_*_sft run)."""
+    ckpt_dir = Path(sft_run_dir) / "sft" / "checkpoints"
+    check(ckpt_dir.is_dir(), f"init_from={sft_run_dir!r}: no SFT checkpoints at {ckpt_dir}")
+    saved = json.loads((Path(sft_run_dir) / "config.json").read_text())["model"]
+    mine = dataclasses.asdict(mcfg)
+    diff = sorted(k for k in mine if k in saved and json.loads(json.dumps(mine[k])) != saved[k])
+    check(not diff, f"init_from={sft_run_dir!r} holds a model with different {diff} than sft.model")
+    params = jax.eval_shape(lambda: init_params(mcfg, jax.random.PRNGKey(0)))
+    opt = jax.eval_shape(sft_optim.build(sft_steps).init, params)
+    abstract = TrainState(params, opt, jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.uint32))
+    ckpt = Checkpointer(ckpt_dir, async_save=False)
+    try:
+        restored = ckpt.restore_latest(abstract)
+    finally:
+        ckpt.close()
+    check(restored is not None, f"init_from={sft_run_dir!r}: no checkpoint in {ckpt_dir} restores")
+    step, state, _, _ = restored
+    return TrainState(*state).params, step
+
+
+def greedy_eval(mcfg, vocab: dllm.Vocab, prompts_NP: np.ndarray, gen_length: int, steps: int, block: int,
+                score: Callable[[int, str], float]) -> list[float]:
+    """The reference's held-out protocol: greedy (τ = 0) low-confidence sampling of every prompt."""
+    def evaluate(params):
+        rows = dllm.evaluate_settings(mcfg, params, vocab, prompts_NP, gen_length, [(steps, block, "low_confidence")],
+                                      score)
+        return rows[0]["scores"]
+
+    return evaluate
+
+
+def run_rl(config, *, task_name: str, mcfg, vocab: dllm.Vocab, sft_params, prompts: PromptSet,
+           reward_fn: Callable[[int, np.ndarray], float], heldout_fn: Callable, gen_length: int,
+           extra_summary: Optional[dict] = None) -> dict:
+    """RL from `sft_params` with config.loss / config.rl / config.rl_run / config.optim / config.trainer.
+
+    heldout_fn(params) -> dict with "reward" (the reference metric) and more held-out figures; it runs at step 0
+    (before) and at the last step (after) as the trainer's eval_fn.
+    """
+    rl_cfg: RLLossConfig = dataclasses.replace(config.rl, loss=config.loss, mask_id=vocab.mask)
+    settings: RLSettings = config.rl_run
+    mu = rl_cfg.inner_steps
+    tcfg = dataclasses.replace(config.trainer, steps=settings.iterations * mu, updates_per_batch=mu)
+    check_trainer(tcfg, rl_cfg)
+    lora: LoraConfig = config.lora
+    model = Model(mcfg, linear=LoraLinear(lora.scale)) if lora.rank else Model(mcfg)
+    sampler = diffusion_sampler(model, DiffusionSamplerConfig(
+        gen_length=gen_length, block_length=settings.sample_block, steps=settings.sample_steps, mask_id=vocab.mask,
+        temperature=settings.temperature))
+    rollout = RolloutConfig(batch_size=settings.prompts_per_batch * rl_cfg.group_size, group_size=rl_cfg.group_size,
+                            eos_id=vocab.eos)
+    source = RolloutSource(sampler, reward_fn, prompts, rollout, rl_cfg, model=model,
+                           ref_params=sft_params if rl_cfg.loss == "d1" and rl_cfg.kl_beta > 0 else None)
+    start = jax.tree.map(np.asarray, sft_params)  # host copy: init_params is traced by the trainer
+    optimizer, axes = config.optim.build(tcfg.steps), logical_axes(mcfg)
+    if lora.rank:  # LoRA factors on the SFT weights; only the factors train; evaluation on merged weights
+        init = lambda key: add_lora(jax.tree.map(jnp.asarray, start), lora, key)  # noqa: E731
+        optimizer, axes = lora_optimizer(optimizer), lora_logical_axes(axes, lora)
+        evaluate = lambda p: heldout_fn(merge_lora(p, lora))  # noqa: E731
+    else:
+        init, evaluate = (lambda key: jax.tree.map(jnp.asarray, start)), heldout_fn
+    task = make_rl_task(model, rl_cfg, optimizer, source, init, logical_axes=axes, eval_fn=evaluate)
+    t0 = time.perf_counter()
+    result = train(tcfg, task, f"{config.run_dir}/rl", seed=config.seed)
+    seconds = time.perf_counter() - t0
+    hist = result.history
+    before = next(h for h in hist if h["step"] == 0)
+    after = hist[-1]
+    per_batch = [h for h in hist if "rollout/reward_mean" in h and h["step"] % mu == 0]
+    summary = {
+        "task": task_name, "loss": rl_cfg.loss, "seed": config.seed,
+        "heldout_reward_before": before["eval/reward"], "heldout_reward_after": after["eval/reward"],
+        **{f"heldout_{k}_before": before[f"eval/{k}"] for k in _extra_keys(before)},
+        **{f"heldout_{k}_after": after[f"eval/{k}"] for k in _extra_keys(after)},
+        "iterations": settings.iterations, "updates": tcfg.steps, "seconds": seconds,
+        "train_reward_first": per_batch[0]["rollout/reward_mean"] if per_batch else None,
+        "train_reward_last5": float(np.mean([h["rollout/reward_mean"] for h in per_batch[-5:]])) if per_batch else None,
+        "zero_std_frac_mean": float(np.mean([h["rollout/zero_std_frac"] for h in per_batch])) if per_batch else None,
+        "reward_errors_total": after.get("rollout/reward_errors_total"),
+        "rl": dataclasses.asdict(rl_cfg), "rl_run": dataclasses.asdict(settings),
+        **(extra_summary or {}),
+    }
+    _plot(per_batch, mu, summary, config.run_dir, task_name)
+    write_summary(config.run_dir, summary, f"spg_{task_name} ({rl_cfg.loss}, seed {config.seed})")
+    return summary
+
+
+def _extra_keys(row: dict) -> list[str]:
+    return sorted(k[5:] for k in row if k.startswith("eval/") and k != "eval/reward")
+
+
+def _plot(per_batch: list[dict], mu: int, summary: dict, run_dir: str, task_name: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    it = [h["step"] // mu for h in per_batch]
+    ax.plot(it, [h["rollout/reward_mean"] for h in per_batch], label="rollout reward (mean)", lw=1)
+    ax.plot(it, [h["rollout/reward_max"] for h in per_batch], label="rollout reward (max)", lw=0.6, alpha=0.6)
+    n = it[-1] if it else 1
+    ax.scatter([0, n], [summary["heldout_reward_before"], summary["heldout_reward_after"]], color="k", zorder=3,
+               label="held-out (greedy), before / after")
+    ax.set_xlabel("RL iteration (rollout batch)")
+    ax.set_ylabel("reward")
+    ax.set_title(f"spg_{task_name}: {summary['loss']}, seed {summary['seed']}", fontsize=9)
+    ax.legend(fontsize=7)
+    save_figure(fig, run_dir, "reward")

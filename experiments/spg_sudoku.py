@@ -1,0 +1,104 @@
+"""SPG RL on 4×4 Sudoku: RL (spg_mix | spg_eubo | spg_elbo | d1 | wd1) from the dllm_sudoku_sft start.
+
+Start: the SFT checkpoint of a `dllm_sudoku_sft` run (`init_from=<its run_dir>`), or, when init_from is empty,
+one trained first inside this command under `<run_dir>/sft_run` with the `sft.*` settings. RL prompts: the
+SFT training puzzles (200 training solutions of SPG's solution-disjoint split); reward: `sudoku_reward`
+(the share of the puzzle's empty cells the completion fills correctly, SPG's reward), on the host. Held-out
+evaluation before and after (the trainer's eval at step 0 and at the end): greedy low-confidence sampling
+of the 256 held-out puzzles (88 unseen solutions), scored as SPG's cell accuracy (correct empty cells / all
+empty cells), plus the share solved. summary.json: heldout_reward_before / _after (cell accuracy), loss,
+iterations, seconds, ...; plots/reward.png.
+
+    python -m experiments spg_sudoku loss=d1 init_from=runs/dllm_sudoku_sft/<stamp> seed=1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from experiments import _dllm_sft as dllm
+from experiments import _spg as spg
+from experiments import dllm_sudoku_sft as sft_exp
+from jaxllm.config import check
+from jaxllm.data.tasks import sudoku
+from jaxllm.optim import build
+from jaxllm.rewards import sudoku_reward
+from jaxllm.rl import LOSSES, RLLossConfig
+from jaxllm.rl.loop import PromptSet
+from jaxllm.rl.lora import LoraConfig
+from jaxllm.train import TrainerConfig, prepare_run_dir
+
+# SPG's Sudoku settings (dllm_rl.md §5.4) at toy scale: β = 1 for EUBO and mixture, ω = 0.5, m = 2 block-wise
+# draws with p = 0.15 perturbation, μ = 4, group 6; masking blocks of 8 over the 32-token generation (4
+# blocks, as SPG's 32-token blocks over 256); d1's ε = 0.5 and KL β = 0.04 to the SFT start.
+RL_DEFAULT = RLLossConfig(mask_id=2, group_size=6, beta=1.0, omega=0.5, num_mask_draws=2, block_length=8,
+                          p_mask_clean=0.15, inner_steps=4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    run_dir: str = ""
+    seed: int = 0  # the RL seed (rollouts, masks); the SFT start has its own sft.seed
+    loss: str = "spg_mix"  # spg_mix | spg_eubo | spg_elbo | d1 | wd1 (overrides rl.loss)
+    init_from: str = ""  # a dllm_sudoku_sft run_dir; empty: train one first in <run_dir>/sft_run
+    sft: sft_exp.Config = sft_exp.Config(settings="32:32:lc")
+    rl: RLLossConfig = RL_DEFAULT
+    rl_run: spg.RLSettings = spg.RLSettings(temperature=0.7)
+    optim: build.OptimizerConfig = spg.RL_OPTIM
+    lora: LoraConfig = LoraConfig()  # rank 0: full fine-tuning; e.g. lora.rank=8 lora.alpha=16
+    trainer: TrainerConfig = spg.RL_TRAINER
+
+    def __post_init__(self):
+        check(self.loss in LOSSES, f"loss={self.loss!r} is not one of {sorted(LOSSES)}")
+        check(self.sft.gen_length % self.rl.block_length == 0,
+              f"rl.block_length={self.rl.block_length} must divide sft.gen_length={self.sft.gen_length}")
+
+
+def sft_start(config: Config) -> str:
+    """The SFT run dir to start from: init_from, or one trained now (skipped when already finished)."""
+    if config.init_from:
+        return config.init_from
+    sft_dir = f"{config.run_dir}/sft_run"
+    if not (Path(sft_dir) / "summary.json").exists():
+        sft_exp.run(dataclasses.replace(config.sft, run_dir=sft_dir))
+    return sft_dir
+
+
+def run(config: Config) -> dict:
+    prepare_run_dir(config.run_dir, config)
+    sft_dir = sft_start(config)
+    s = config.sft
+    vocab = dllm.Vocab(sft_exp.CHARS)
+    params, sft_step = spg.load_sft_params(sft_dir, s.model, s.optim, s.trainer.steps)
+    # the SFT run's own split and puzzles (same seeds as dllm_sudoku_sft.make_data)
+    split = sudoku.solution_split(seed=42)
+    clues = (s.min_clues, s.max_clues)
+    train_items = sudoku.generate_puzzles(s.seed + 1, split.train_solutions, s.n_train, clues)
+    train_items = train_items[: config.rl_run.n_prompts]
+    test = sudoku.generate_puzzles(s.seed + 2, split.test_solutions, s.n_test, clues)
+    plen = sft_exp.PROMPT_LEN
+    prompts = PromptSet(np.array([vocab.encode([t.puzzle]) for t in train_items], np.int32))
+    test_prompts = np.array([vocab.encode([t.puzzle]) for t in test], np.int32)
+    check(prompts.tokens.shape[1] == plen, "puzzles are 16 tokens")
+
+    def reward_fn(i, completion):
+        return sudoku_reward(vocab.decode(completion), train_items[i].puzzle, train_items[i].solution)
+
+    def score(i, text):
+        return sudoku_reward(text, test[i].puzzle, test[i].solution)
+
+    empties = np.array([t.puzzle.count("0") for t in test])
+    evaluate = spg.greedy_eval(s.model, vocab, test_prompts, s.gen_length, config.rl_run.eval_steps,
+                               config.rl_run.eval_block, score)
+
+    def heldout(p):
+        sc = np.array(evaluate(p))
+        return {"reward": float(np.sum(np.round(sc * empties)) / np.sum(empties)),  # SPG's cell accuracy
+                "solved": float(np.mean(sc == 1.0)), "mean_reward": float(np.mean(sc))}
+
+    return spg.run_rl(config, task_name="sudoku", mcfg=s.model, vocab=vocab, sft_params=params, prompts=prompts,
+                      reward_fn=reward_fn, heldout_fn=heldout, gen_length=s.gen_length,
+                      extra_summary={"init_from": sft_dir, "sft_step": sft_step, "metric": "cell_accuracy"})

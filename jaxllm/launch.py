@@ -1,0 +1,197 @@
+"""Run one experiment on several processes of JAX's multi-controller runtime (`jax.distributed`).
+
+    python -m jaxllm.launch -n 2 EXP key=value ...     # 2 local processes on loopback (make train PROCS=2)
+    python -m jaxllm.launch --worker EXP key=value ... # this process is one of many (SLURM, a TPU pod slice)
+
+The arguments are those of `python -m experiments EXP key=value ...`. With `-n N` the launcher starts N
+processes on 127.0.0.1 with a free coordinator port; each gets the CPU devices its `XLA_FLAGS` gives it
+(`--xla_force_host_platform_device_count=2` with `-n 2` forms one 4-device mesh: set `trainer.mesh.*` to 4).
+It forwards SIGINT / SIGTERM, prefixes each line of output with `[pI]`, and when a process dies it names the
+process and its exit code and stops the others (which would otherwise wait forever in a collective).
+
+`--worker` initialises the runtime (`jaxllm.parallel.initialize`: the JAXLLM_* / JAX_* coordinator variables
+the launcher sets, or jax's own SLURM / TPU / Open MPI detection) before any other JAX call, then runs the
+experiment module in this process. `--module` runs another module's `__main__` the same way (tests use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from typing import Optional, Sequence
+
+EXPERIMENTS = "experiments"
+STOP_GRACE_S = 10.0  # after SIGTERM, seconds before the remaining processes get SIGKILL
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def with_run_dir(module: str, args: Sequence[str]) -> list[str]:
+    """The experiment's arguments with an explicit `run_dir=`: every process must write to one run directory,
+    and each would otherwise stamp its own from its clock."""
+    args = list(args)
+    if module != EXPERIMENTS or not args or args[0].startswith("-") or any(a.startswith("run_dir=") for a in args):
+        return args
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return [*args, f"run_dir={os.path.join('runs', args[0], stamp)}"]
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return str(code)
+    return str(code)
+
+
+def _pump(stream, prefix: str, out) -> None:
+    for line in iter(stream.readline, ""):
+        out.write(prefix + line)
+        out.flush()
+    stream.close()
+
+
+def launch(n: int, args: Sequence[str], module: str = EXPERIMENTS, timeout: float = 0.0,
+           env: Optional[dict] = None, out=None) -> int:
+    """Run `python -m jaxllm.launch --worker --module MODULE ARGS` as `n` processes on loopback; return 0 when
+    all exit 0, else the exit code of the first that failed (128 + signal for a signal, as a shell does).
+    timeout > 0: stop every process after that many seconds (exit 124)."""
+    if n < 1:
+        raise ValueError(f"-n must be >= 1, got {n}")
+    out = out or sys.stdout
+    address = f"127.0.0.1:{free_port()}"
+    args = with_run_dir(module, args)
+    base = dict(os.environ if env is None else env)
+    procs: list[subprocess.Popen] = []
+    pumps = []
+    exits: list[tuple[int, int]] = []  # (process, exit code) in the order they ended: the first failure is the cause
+    for i in range(n):
+        child_env = {**base, "JAXLLM_COORDINATOR_ADDRESS": address, "JAXLLM_NUM_PROCESSES": str(n),
+                     "JAXLLM_PROCESS_ID": str(i), "PYTHONUNBUFFERED": "1"}
+        p = subprocess.Popen([sys.executable, "-m", "jaxllm.launch", "--worker", "--module", module, *args],
+                             env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)  # its own process group: signals reach its threads' children too
+        procs.append(p)
+        t = threading.Thread(target=_pump, args=(p.stdout, f"[p{i}] ", out), daemon=True)
+        t.start()
+        pumps.append(t)
+        threading.Thread(target=lambda i=i, p=p: exits.append((i, p.wait())), daemon=True).start()
+
+    def signal_all(sig):
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    received = []
+
+    def forward(sig, _frame):
+        received.append(sig)
+        signal_all(sig)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    start = time.monotonic()
+    code = 0
+    try:
+        while True:
+            ended = list(exits)
+            failed = [(i, c) for i, c in ended if c != 0]
+            if failed:
+                i, c = failed[0]
+                still = [j for j, p in enumerate(procs) if p.poll() is None]
+                what = f"received {signal.Signals(received[0]).name}" if received else "failed"
+                out.write(f"launch: process {i} of {n} {what}: exit code {describe_exit(c)}"
+                          + (f"; stopping processes {still}\n" if still else "\n"))
+                code = 128 - c if c < 0 else c
+                break
+            if len(ended) == n:
+                break
+            if timeout and time.monotonic() - start > timeout:
+                out.write(f"launch: timeout after {timeout:g} s; stopping all {n} processes\n")
+                code = 124
+                break
+            time.sleep(0.05)
+    finally:
+        signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal_all(signal.SIGKILL)
+        for p in procs:
+            p.wait()
+        for t in pumps:
+            t.join(timeout=5)
+        for s, h in old.items():
+            signal.signal(s, h)
+        out.flush()
+    return code
+
+
+def worker(module: str, args: Sequence[str]) -> None:
+    """Initialise the distributed runtime, then run `module` as `python -m module ARGS` would.
+
+    A failure leaves at once with its exit code (os._exit): a normal exit would first wait in
+    `jax.distributed.shutdown`'s barrier for the processes that are still working, i.e. forever."""
+    from jaxllm import parallel
+
+    parallel.initialize(detect=True)
+    sys.argv = [module, *args]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if code:
+            if not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)
+            _leave(code)
+    except KeyboardInterrupt:
+        _leave(128 + signal.SIGINT)
+    except BaseException:  # noqa: BLE001 - report, then leave without the shutdown barrier
+        traceback.print_exc()
+        _leave(1)
+
+
+def _leave(code: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jaxllm.launch", description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("-n", "--processes", type=int, help="start this many local processes on 127.0.0.1")
+    mode.add_argument("--worker", action="store_true", help="be one process of a multi-process run")
+    parser.add_argument("--module", default=EXPERIMENTS, help="module run in each process (default: experiments)")
+    parser.add_argument("--timeout", type=float, default=0.0, help="stop all processes after this many seconds")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="EXP key=value ... (as for python -m experiments)")
+    opts = parser.parse_args(argv)
+    if opts.worker:
+        worker(opts.module, opts.args)
+        return 0
+    try:
+        return launch(opts.processes, opts.args, opts.module, opts.timeout)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

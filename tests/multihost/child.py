@@ -1,0 +1,78 @@
+"""One process of the multi-host tests: `python -m tests.multihost.child RUN_DIR [key=value ...]`, started by
+`python -m jaxllm.launch -n 2 --module tests.multihost.child ...` (2 processes x 2 CPU devices) or directly
+with 4 CPU devices (the 1-process reference).
+
+Trains a tiny decoder (next-token loss, `lm_task`) on random tokens for `steps` updates on a 4-device data
+mesh, the data pipeline sharded by process (`minibatches(..., shard=parallel.process_shard(...))`, so each
+process reads only its rows). Keys: steps, checkpoint_every, optim (adamw | galore), kill_process and kill_at
+(that process SIGKILLs itself right after logging that step), sleep (seconds per log step), rows (write the
+row ids each process read to rows_p<I>.json). Prints `FINGERPRINT [...]` of the final state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import jax
+import numpy as np
+
+from jaxllm import parallel
+from jaxllm.models import get_preset
+from jaxllm.optim import build
+from jaxllm.train import TrainerConfig, minibatches, train, write_summary
+from jaxllm.train.checkpoint import fingerprint
+from jaxllm.train.lm import lm_task
+
+BATCH, SEQ, ROWS = 8, 16, 64
+MODEL = get_preset("tiny_mobilellm", vocab_size=32, d_model=32, n_layers=1, n_heads=2, n_kv_heads=2, d_ff=64,
+                   max_seq_len=32)
+MESH = parallel.MeshConfig(data=2, fsdp=2)
+
+
+def data() -> dict:
+    rs = np.random.RandomState(0)
+    return {"tokens": rs.randint(0, MODEL.vocab_size, (ROWS, SEQ + 1)).astype(np.int32),
+            "row": np.arange(ROWS, dtype=np.int32)}
+
+
+def main(argv: list[str]) -> None:
+    run_dir, opts = argv[0], dict(a.split("=", 1) for a in argv[1:])
+    steps, every = int(opts.get("steps", 12)), int(opts.get("checkpoint_every", 4))
+    kill_process, kill_at = int(opts.get("kill_process", -1)), int(opts.get("kill_at", -1))
+    sleep = float(opts.get("sleep", 0))
+    optim = (build.GaLoreAdamWConfig(learning_rate=1e-2, rank=4, update_proj_gap=3)
+             if opts.get("optim") == "galore" else build.AdamWConfig(learning_rate=1e-2))
+    mesh = parallel.make_mesh(MESH)
+    shard = parallel.process_shard(mesh, BATCH)
+    seen: list[list[int]] = []
+
+    def record(batch):
+        seen.append(batch["row"].tolist())
+        return batch
+
+    batches = minibatches(data(), BATCH, seed=0, shard=shard).map(record)
+    task = lm_task(MODEL, optim.build(steps), batches)
+    task.batches_per_process = True
+
+    def hook(step, row):
+        if sleep:
+            time.sleep(sleep)
+        if step == kill_at and jax.process_index() == kill_process:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    cfg = TrainerConfig(steps=steps, log_every=1, checkpoint_every=every, keep_checkpoints=2, progress=True,
+                        mesh=MESH)
+    result = train(cfg, task, run_dir, seed=0, hooks=[hook])
+    if opts.get("rows"):
+        with open(os.path.join(run_dir, f"rows_p{jax.process_index()}.json"), "w") as f:
+            json.dump({"shard": list(shard), "rows": seen}, f)
+    write_summary(run_dir, {"final_loss": result.history[-1]["loss"], "process": jax.process_index()})
+    print("FINGERPRINT", fingerprint(result.state), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,102 @@
+"""The launcher and the process-aware pieces, cheaply: a dead process is named and the others stopped (two real
+processes on loopback); the rest in this process (environment parsing, process-0-only writers, the
+layout-independent checkpoint fingerprint against a numpy re-derivation, data shards that partition a batch)."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxllm import launch, parallel
+from jaxllm.config import ConfigError
+from jaxllm.data.batching import minibatches
+from jaxllm.train import metrics, run
+from jaxllm.train.checkpoint import fingerprint
+from tests.multihost import util
+
+
+def test_dead_process_is_named_and_the_others_are_stopped():
+    """Process 1 exits with 3 while process 0 waits in a barrier: the launcher must name process 1 (the first
+    to fail, whatever process 0 does next: gloo may fail it, or it waits) and its code, leave no process
+    running, and return 3 well before its own timeout."""
+    t0 = time.monotonic()
+    res = util.launch("tests.multihost.crash_child", "3")
+    assert res.returncode == 3, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "launch: process 1 of 2 failed: exit code 3" in res.stdout
+    assert "[p0] process 0 of 2 up" in res.stdout and "[p1] process 1 of 2 up" in res.stdout  # prefixed lines
+    assert time.monotonic() - t0 < util.LIMIT_S - 30
+
+
+def test_run_dir_is_chosen_once_for_all_processes():
+    args = launch.with_run_dir("experiments", ["li2_grokking", "steps=3"])
+    assert args[:2] == ["li2_grokking", "steps=3"] and args[2].startswith("run_dir=runs/li2_grokking/")
+    assert launch.with_run_dir("experiments", ["li2_grokking", "run_dir=x"]) == ["li2_grokking", "run_dir=x"]
+
+
+def test_distributed_config_from_env():
+    env = {"JAXLLM_COORDINATOR_ADDRESS": "127.0.0.1:1234", "JAXLLM_NUM_PROCESSES": "2", "JAXLLM_PROCESS_ID": "1"}
+    assert parallel.distributed_config_from_env(env) == parallel.DistributedConfig("127.0.0.1:1234", 2, 1)
+    assert parallel.distributed_config_from_env({}) is None
+    with pytest.raises(ConfigError, match="process_id=2 must be in"):
+        parallel.distributed_config_from_env({**env, "JAXLLM_PROCESS_ID": "2"})
+    with pytest.raises(ConfigError, match="host:port"):
+        parallel.DistributedConfig("localhost")
+    assert parallel.cluster_detected({"SLURM_NTASKS": "8"}) and not parallel.cluster_detected({"SLURM_NTASKS": "1"})
+    assert not parallel.initialize(env={})  # nothing asks for several processes: nothing starts
+
+
+def test_only_process_zero_writes(tmp_path, monkeypatch):
+    """A process other than 0 writes no metrics row, TensorBoard event, summary, config or plot."""
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    w = metrics.MetricsWriter(tmp_path, enabled=parallel.is_main_process())
+    w.write(1, {"loss": 1.0})
+    w.close()
+    run.write_summary(tmp_path, {"x": 1})
+    run.prepare_run_dir(str(tmp_path), parallel.MeshConfig())
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run.save_figure(plt.figure(), tmp_path, "f")
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def _numpy_word_sum(x: np.ndarray) -> int:
+    """The fingerprint's definition re-derived with numpy: sum_i w_i (2i + 1) mod 2^32 over 32-bit words."""
+    words = x.reshape(-1).view(np.uint32).astype(np.uint64) if x.dtype.itemsize >= 4 else \
+        x.reshape(-1).view(f"uint{8 * x.dtype.itemsize}").astype(np.uint64)
+    i = np.arange(words.size, dtype=np.uint64)
+    return int(np.sum((words * (2 * i + 1)) % 2**32) % 2**32)
+
+
+def test_fingerprint_matches_numpy_and_sees_one_flipped_bit():
+    rs = np.random.RandomState(0)
+    tree = {"f32": rs.randn(3, 5).astype(np.float32), "bf16": rs.randn(7).astype(jnp.bfloat16),
+            "i32": np.arange(6, dtype=np.int32).reshape(2, 3)}
+    got = fingerprint(jax.tree.map(jnp.asarray, tree))
+    assert got == [_numpy_word_sum(np.asarray(tree[k])) for k in sorted(tree)]
+    flipped = tree["f32"].copy()
+    flipped.view(np.uint32)[1, 2] ^= 1 << 31
+    assert fingerprint({"f32": jnp.asarray(flipped)}) != fingerprint({"f32": jnp.asarray(tree["f32"])})
+
+
+def test_process_shards_partition_each_batch():
+    """Two shards of minibatches read disjoint rows whose concatenation is the unsharded batch."""
+    data = {"row": np.arange(40)}
+    whole, first, second = (iter(minibatches(data, 8, seed=3, shard=s)) for s in ((0, 1), (0, 2), (1, 2)))
+    for _ in range(7):  # crosses an epoch boundary
+        a, b = next(first)["row"], next(second)["row"]
+        assert not set(a.tolist()) & set(b.tolist())
+        np.testing.assert_array_equal(np.concatenate([a, b]), next(whole)["row"])
+    with pytest.raises(ConfigError, match="shard"):
+        minibatches(data, 8, seed=0, shard=(0, 3))
+
+
+def test_launch_rejects_zero_processes(capsys):
+    assert launch.main(["-n", "0", "x"]) == 2
+    assert "-n must be >= 1" in capsys.readouterr().err
