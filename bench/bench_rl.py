@@ -48,6 +48,14 @@ from jaxllm.train import Task, TrainerConfig, init_state, make_train_step, train
 SHAPES = {"tiny": dict(prompt=16, gen=32, block=8, steps=32, prompts=8, group=6),
           "140m": dict(prompt=32, gen=64, block=16, steps=16, prompts=1, group=6)}
 MU = 4
+NOTES = """Notes. The losses agree to float32 rounding (the torch side is the reference's prob^β form, ours the
+log-space form, on the same block masks). The goal of ≥ 1.5× is **not met** on this box: the update is about
+as fast as torch's (0.5–1.1× over repeats). Where the time goes (same box, loaded, tiny model, one jitted call
+each): the Transformer forward on the m·B = 96 rows 0.29 s, forward + backward 1.74 s, the SPG loss value
+0.27 s, its gradient 2.1 s; so the cost is the model's backward on XLA:CPU, not the SPG bookkeeping (the
+block masks take 1 ms). The memory rows are for the step without donation (the trainer donates the state, so
+its arguments alias its outputs there). 140m: memory only on this CPU (its RL iteration and torch update
+take minutes here); `--phases tiny,140m --torch tiny,140m` runs them on a faster machine."""
 
 
 def model_cfg(name: str, prompt: int, gen: int):
@@ -234,7 +242,8 @@ def main(argv=None) -> None:
     for r in vs:
         lines.append(f"| {r['model']} | {r['B']} | {r['L']} | {r['jax_loss']:.6f} | {r['torch_loss']:.6f} "
                      f"| {r['jax_s']:.4f} | {r['torch_s']:.4f} | {r['speedup']} |")
-    lines += ["", f"Goal: ≥ 1.5× the torch update on this CPU. Machine: {machine()}, torch {torch.__version__}.", ""]
+    lines += ["", f"Goal: ≥ 1.5× the torch update on this CPU. Machine: {machine()}, torch {torch.__version__}.", "",
+              NOTES, ""]
     write_result("rl_bench.md", "\n".join(lines))
 
 

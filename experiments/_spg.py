@@ -33,8 +33,9 @@ from jaxllm.train.checkpoint import Checkpointer
 from jaxllm.train.trainer import TrainState
 
 # AdamW(0.9, 0.99) as SPG's train.yaml, constant lr, clipping at 1 (SPG clips at 0.2 for an 8B LoRA; the tiny
-# model's gradient norms are larger). lr 3e-4: 10x below the SFT peak (3e-3), the SFT's final lr.
-RL_OPTIM = build.AdamWConfig(learning_rate=3e-4, b2=0.99, weight_decay=0.0, grad_clip=1.0)
+# model's gradient norms are larger). lr 1e-4: at 3e-4 SPG-mix collapses on Sudoku, at 3e-5 nothing moves
+# (docs/results/spg.md).
+RL_OPTIM = build.AdamWConfig(learning_rate=1e-4, b2=0.99, weight_decay=0.0, grad_clip=1.0)
 RL_TRAINER = TrainerConfig(steps=4, log_every=4, checkpoint_every=40, updates_per_batch=4, progress=True)
 
 
@@ -47,7 +48,7 @@ class RLSettings:
     remasking). eval_steps / eval_block: the greedy held-out protocol.
     """
 
-    iterations: int = 40
+    iterations: int = 25
     prompts_per_batch: int = 8
     temperature: float = 0.7
     sample_steps: int = 32

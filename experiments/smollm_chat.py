@@ -53,8 +53,8 @@ class Config:
 def load(gguf_path: str | Path = ""):
     """(Model, params as device arrays, HFTokenizer) from a GGUF file (default: SmolLM2-135M-Instruct)."""
     f = GGUFFile(gguf_path or smollm2_gguf_path())
-    cfg, params = load_gguf(f.path, file=f)
-    return Model(cfg), jax.tree.map(jnp.asarray, params), load_gguf_tokenizer(f.path, file=f)
+    cfg, params = load_gguf(f)
+    return Model(cfg), jax.tree.map(jnp.asarray, params), load_gguf_tokenizer(f)
 
 
 def chat(model: Model, params, tokenizer, prompts: Sequence[str], system: str = "", max_new_tokens: int = 64,

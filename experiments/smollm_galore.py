@@ -97,8 +97,8 @@ def run(config: Config) -> dict:
     prepare_run_dir(config.run_dir, config)
     t0 = time.time()
     f = GGUFFile(config.gguf_path or smollm2_gguf_path())
-    cfg, params = load_gguf(f.path, file=f)
-    tok = load_gguf_tokenizer(f.path, file=f)
+    cfg, params = load_gguf(f)
+    tok = load_gguf_tokenizer(f)
     model = Model(cfg)
     L = config.seq_len + 1
     train_rows, n_cut = pipeline.pack_examples(
@@ -126,9 +126,9 @@ def run(config: Config) -> dict:
             "answer_accuracy": answer_accuracy(model, res.state.params, tok, held_out[: config.answer_pairs],
                                                config.max_new_tokens),
             "opt_state_bytes": state_bytes(res.state.opt_state), "wall_s": wall}
-        print(f"{name}: eval loss {results[name]['eval_loss']:.4f}, answer accuracy "
-              f"{results[name]['answer_accuracy']:.3f}, optimizer state {results[name]['opt_state_bytes'] / 2**20:.0f} MiB "
-              f"({wall:.0f} s)", flush=True)
+        r = results[name]
+        print(f"{name}: eval loss {r['eval_loss']:.4f}, answer accuracy {r['answer_accuracy']:.3f}, "
+              f"optimizer state {r['opt_state_bytes'] / 2**20:.0f} MiB ({wall:.0f} s)", flush=True)
     summary = {"model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to float32, 134.5M parameters)",
                "steps": config.trainer.steps, "rows_per_step": config.batch_size, "seq_len": config.seq_len,
                "train_rows": int(train_rows["tokens"].shape[0]),

@@ -110,7 +110,8 @@ def windows(tokens: np.ndarray, n: int, length: int, offset: float = 0.0) -> np.
 
 
 def perplexity(model: Model, params, wins: np.ndarray, batch: int) -> float:
-    return float(math.exp(eval_loss(model, params, [{"tokens": wins[i: i + batch]} for i in range(0, len(wins), batch)])))
+    batches = [{"tokens": wins[i: i + batch]} for i in range(0, len(wins), batch)]
+    return float(math.exp(eval_loss(model, params, batches)))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,18 +122,19 @@ def run(config: Config) -> dict:
     out = Path(config.run_dir)
     t0 = time.time()
     f = GGUFFile(config.gguf_path or smollm2_gguf_path())
-    cfg, params = load_gguf(f.path, file=f)
+    cfg, params = load_gguf(f)
     params = jax.tree.map(jnp.asarray, params)
-    tok = load_gguf_tokenizer(f.path, file=f)
+    tok = load_gguf_tokenizer(f)
     texts = license_texts(config.license_dir)
     calib_stream, eval_stream = split_tokens(texts, tok, "calibration"), split_tokens(texts, tok, "eval")
     L = config.seq_len + 1
     calib = windows(calib_stream, config.calib_windows, L)
     search = windows(calib_stream, config.search_windows, L, offset=0.5)
     evalw = windows(eval_stream, config.eval_windows, L)
+    file_hashes = "".join(texts[k]["sha256"] for k in sorted(texts))
     corpus = {"files": {k: {"sha256": v["sha256"], "split": v["split"], "bytes": len(v["text"].encode())}
                         for k, v in texts.items()},
-              "sha256_of_file_hashes": hashlib.sha256("".join(texts[k]["sha256"] for k in sorted(texts)).encode()).hexdigest(),
+              "sha256_of_file_hashes": hashlib.sha256(file_hashes.encode()).hexdigest(),
               "tokens": {"calibration": int(len(calib_stream)), "eval": int(len(eval_stream))},
               "windows": {"calib": calib.shape, "search": search.shape, "eval": evalw.shape}}
     (out / "corpus.json").write_text(json.dumps(corpus, indent=1))

@@ -233,13 +233,16 @@ def unpermute_qk(w_RD: np.ndarray, n_heads: int) -> np.ndarray:
     return w_RD.reshape(n_heads, h // 2, 2, *w_RD.shape[1:]).swapaxes(1, 2).reshape(w_RD.shape)
 
 
-def load_gguf(path: str | Path, dtype: str = "float32", file: Optional[GGUFFile] = None
-              ) -> tuple[TransformerConfig, dict]:
-    """(config, params as numpy arrays in `dtype`) from a llama-architecture GGUF file.
+def _parsed(source: str | Path | GGUFFile) -> GGUFFile:
+    return source if isinstance(source, GGUFFile) else GGUFFile(source)
 
-    Tensors are decoded in float32 (what llama.cpp computes with) and cast to `dtype`. Pass an already parsed
-    `file` to avoid reading the metadata twice (e.g. with `load_gguf_tokenizer`)."""
-    f = file if file is not None else GGUFFile(path)
+
+def load_gguf(source: str | Path | GGUFFile, dtype: str = "float32") -> tuple[TransformerConfig, dict]:
+    """(config, params as numpy arrays in `dtype`) from a llama-architecture GGUF file (a path, or a parsed
+    `GGUFFile` to read the file once for weights and tokenizer).
+
+    Tensors are decoded in float32 (what llama.cpp computes with) and cast to `dtype`."""
+    f = _parsed(source)
     cfg = config_from_gguf(f.metadata, tuple(f.tensors), dtype)
     names = gguf_to_hf_names(cfg)
     check_names(f.tensors, names, f"GGUF file {f.path.name}")
@@ -330,6 +333,6 @@ def tokenizer_from_gguf(meta: Mapping[str, Any]):
                                     pad_token=special("padding"), chat_template=meta.get("tokenizer.chat_template"))
 
 
-def load_gguf_tokenizer(path: str | Path, file: Optional[GGUFFile] = None):
-    """The tokenizer of a GGUF file (see `tokenizer_from_gguf`)."""
-    return tokenizer_from_gguf((file if file is not None else GGUFFile(path)).metadata)
+def load_gguf_tokenizer(source: str | Path | GGUFFile):
+    """The tokenizer of a GGUF file, a path or a parsed `GGUFFile` (see `tokenizer_from_gguf`)."""
+    return tokenizer_from_gguf(_parsed(source).metadata)

