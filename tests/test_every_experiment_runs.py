@@ -1,6 +1,6 @@
 """Every experiment of `make list` runs through the CLI (`python -m experiments NAME key=value ...`, a fresh
 process) for a few steps at toy sizes, writing its summary; the default tier checks that no experiment is
-missing from the list below (a new experiment must say how to run it small)."""
+missing from the list below (a new experiment must say how to run it small) and that the overrides are valid."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import sys
 import pytest
 
 from experiments import _registry as registry
+from jaxllm.config import apply_overrides
 from tests.subprocess_util import ROOT
 
 TINY_DECODER = ["model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.d_ff=64"]
-TINY_DLLM = ["sft.trainer.steps=4", "sft.n_train=64", "sft.n_test=8", "sft.settings=8:32:lc"]
+TINY_DLLM = ["sft.trainer.steps=4", "sft.n_train=64", "sft.n_test=8", "rl_run.iterations=1", "rl_run.n_prompts=8"]
 
 # experiment -> overrides for a run of seconds to a minute (the same sizes as the experiments' own tests).
 SMALL = {
@@ -42,8 +43,8 @@ SMALL = {
                        "window=2", "tail=2", "k=10", "trainer.steps=20", "stage_steps=20",
                        "trainer.checkpoint_every=20", "target_pass_at_1=1.0", "online_check_problems=1",
                        "online_check_slots=4", "train_chains=200"],
-    "spg_sudoku": TINY_DLLM + ["trainer.steps=2", "trainer.checkpoint_every=2"],
-    "spg_countdown": TINY_DLLM + ["sft.settings=12:48:lc", "trainer.steps=2", "trainer.checkpoint_every=2"],
+    "spg_sudoku": TINY_DLLM + ["sft.settings=8:32:lc"],
+    "spg_countdown": TINY_DLLM + ["sft.settings=12:48:lc"],
     "smollm_chat": ["max_new_tokens=4"],
     "smollm_rsparse": ["sparsities=0.5", "alpha_grid=1.0", "calib_windows=1", "search_windows=1", "eval_windows=1"],
     "smollm_galore": ["steps=2", "train_pairs=8", "eval_pairs=2", "answer_pairs=1", "max_new_tokens=4"],
@@ -54,6 +55,13 @@ def test_every_registered_experiment_has_a_small_run():
     assert sorted(SMALL) == registry.experiment_names(), (
         "tests/test_every_experiment_runs.py: add (or remove) an entry for "
         f"{sorted(set(SMALL) ^ set(registry.experiment_names()))}")
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_small_run_overrides_are_valid(name):
+    """The small run's keys and values pass the experiment's own config validation (a renamed key fails here,
+    in the default tier, not only in the slow CLI run)."""
+    apply_overrides(registry.load(name).Config(), SMALL[name])
 
 
 @pytest.mark.slow
