@@ -6,8 +6,9 @@
 The arguments are those of `python -m experiments EXP key=value ...`. With `-n N` the launcher starts N
 processes on 127.0.0.1 with a free coordinator port; each gets the CPU devices its `XLA_FLAGS` gives it
 (`--xla_force_host_platform_device_count=2` with `-n 2` forms one 4-device mesh: set `trainer.mesh.*` to 4).
-It forwards SIGINT / SIGTERM, prefixes each line of output with `[pI]`, and when a process dies it names the
-process and its exit code and stops the others (which would otherwise wait forever in a collective).
+It forwards SIGINT / SIGTERM (and kills the processes still running STOP_GRACE_S later: jax's preemption
+handler catches SIGTERM in a worker), prefixes each line of output with `[pI]`, and when a process dies it
+names the process and its exit code and stops the others (which would otherwise wait forever in a collective).
 
 `--worker` initialises the runtime (`jaxllm.parallel.initialize`: the JAXLLM_* / JAX_* coordinator variables
 the launcher sets, or jax's own SLURM / TPU / Open MPI detection) before any other JAX call, then runs the
@@ -59,6 +60,43 @@ def describe_exit(code: int) -> str:
     return str(code)
 
 
+class _Output:
+    """The launcher's output stream, which may close under it (its reader, e.g. a piping parent, died): a write
+    that fails is dropped, never raised, so the launcher still stops the processes it started."""
+
+    def __init__(self, stream):
+        self.stream, self.lost = stream, False
+
+    def write(self, text: str) -> None:
+        if self.lost:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # BrokenPipeError, or a closed file
+            self.lost = True
+
+    def flush(self) -> None:
+        self.write("")
+
+
+def _die_with_launcher() -> None:
+    """Linux: this worker gets SIGKILL when the launcher that started it dies (even by SIGKILL), instead of
+    living on as an orphan that waits in a collective forever. Elsewhere a no-op."""
+    launcher = os.environ.get("JAXLLM_LAUNCHER_PID")
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(launcher):  # the launcher died before prctl took effect
+        os._exit(128 + signal.SIGKILL)
+
+
 def _pump(stream, prefix: str, out) -> None:
     for line in iter(stream.readline, ""):
         out.write(prefix + line)
@@ -73,7 +111,7 @@ def launch(n: int, args: Sequence[str], module: str = EXPERIMENTS, timeout: floa
     timeout > 0: stop every process after that many seconds (exit 124)."""
     if n < 1:
         raise ValueError(f"-n must be >= 1, got {n}")
-    out = out or sys.stdout
+    out = _Output(out or sys.stdout)
     address = f"127.0.0.1:{free_port()}"
     args = with_run_dir(module, args)
     base = dict(os.environ if env is None else env)
@@ -82,7 +120,8 @@ def launch(n: int, args: Sequence[str], module: str = EXPERIMENTS, timeout: floa
     exits: list[tuple[int, int]] = []  # (process, exit code) in the order they ended: the first failure is the cause
     for i in range(n):
         child_env = {**base, "JAXLLM_COORDINATOR_ADDRESS": address, "JAXLLM_NUM_PROCESSES": str(n),
-                     "JAXLLM_PROCESS_ID": str(i), "PYTHONUNBUFFERED": "1"}
+                     "JAXLLM_PROCESS_ID": str(i), "JAXLLM_LAUNCHER_PID": str(os.getpid()),
+                     "PYTHONUNBUFFERED": "1"}
         p = subprocess.Popen([sys.executable, "-m", "jaxllm.launch", "--worker", "--module", module, *args],
                              env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)  # its own process group: signals reach its threads' children too
@@ -100,10 +139,10 @@ def launch(n: int, args: Sequence[str], module: str = EXPERIMENTS, timeout: floa
                 except ProcessLookupError:
                     pass
 
-    received = []
+    received: list[tuple[int, float]] = []  # (signal, when)
 
     def forward(sig, _frame):
-        received.append(sig)
+        received.append((sig, time.monotonic()))
         signal_all(sig)
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -116,12 +155,18 @@ def launch(n: int, args: Sequence[str], module: str = EXPERIMENTS, timeout: floa
             if failed:
                 i, c = failed[0]
                 still = [j for j, p in enumerate(procs) if p.poll() is None]
-                what = f"received {signal.Signals(received[0]).name}" if received else "failed"
+                what = f"received {signal.Signals(received[0][0]).name}" if received else "failed"
                 out.write(f"launch: process {i} of {n} {what}: exit code {describe_exit(c)}"
                           + (f"; stopping processes {still}\n" if still else "\n"))
                 code = 128 - c if c < 0 else c
                 break
             if len(ended) == n:
+                break
+            if received and time.monotonic() - received[0][1] > STOP_GRACE_S:
+                # jax.distributed's preemption notifier catches SIGTERM in the workers: they keep running
+                out.write(f"launch: received {signal.Signals(received[0][0]).name}; processes still running after "
+                          f"{STOP_GRACE_S:g} s: stopping all {n}\n")
+                code = 128 + received[0][0]
                 break
             if timeout and time.monotonic() - start > timeout:
                 out.write(f"launch: timeout after {timeout:g} s; stopping all {n} processes\n")
@@ -151,6 +196,7 @@ def worker(module: str, args: Sequence[str]) -> None:
     `jax.distributed.shutdown`'s barrier for the processes that are still working, i.e. forever."""
     from jaxllm import parallel
 
+    _die_with_launcher()
     parallel.initialize(detect=True)
     sys.argv = [module, *args]
     try:

@@ -314,3 +314,146 @@ def fixed_batches(rows: Mapping[str, np.ndarray], batch_size: int) -> list[dict]
     _check_packed("eval", rows)
     n = rows["tokens"].shape[0]
     return [{f: rows[f][i:i + batch_size] for f in FIELDS} for i in range(0, n, batch_size)]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Several processes: each reads its own rows of the files, and no row is read by two.
+
+
+def shard_span(total: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """[start, stop) of shard (index, count) of `total` rows: contiguous blocks in order whose sizes differ by at
+    most one (the first `total % count` shards get one more row), so the `count` blocks are every row once."""
+    index, count = shard
+    if not (count >= 1 and 0 <= index < count):
+        raise DataError(f"shard={shard} must be (index, count) with 0 <= index < count")
+    base, extra = divmod(total, count)
+    start = index * base + min(index, extra)
+    return start, start + base + (index < extra)
+
+
+def count_rows(path: str | Path) -> int:
+    """Rows of a jsonl file (non-blank lines, a byte scan without parsing) or a parquet file (its footer)."""
+    suffix = Path(path).suffix
+    if suffix in (".jsonl", ".json"):
+        with open(path, "rb") as fh:
+            return sum(1 for line in fh if line.strip())
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(path).metadata.num_rows
+    raise DataError(f"{path}: unknown file type {suffix!r} (expected .jsonl or .parquet)")
+
+
+def read_shard(paths: Sequence[str | Path], shard: tuple[int, int] = (0, 1), fields: Sequence[str] = ("text",),
+               on_error: str = "raise") -> tuple[list[dict], int]:
+    """This shard's rows of the files `paths` (jsonl / parquet), as (rows, bad rows skipped).
+
+    The rows of all files, numbered in file order (blank jsonl lines are no rows; bad rows are, so the split does
+    not depend on which rows are valid), are split into `count` contiguous blocks (`shard_span`: grain's even
+    split) and shard `index` parses only its block: a file outside it is never opened past its row count, jsonl
+    lines outside it are skipped unparsed, of a parquet file only the row groups overlapping it are read. Every
+    process counts the rows (jsonl: a line scan; parquet: the footer) to agree on the split. On several
+    processes pass shard=(process index, process count) (`jaxllm.parallel.process_shard` of the batch gives it):
+    the processes together read every row exactly once. A shard with no rows is an error (more processes than
+    rows)."""
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error={on_error!r} not in ['raise', 'skip']")
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise DataError("read_shard: no files given")
+    sizes = [count_rows(p) for p in paths]
+    start, stop = shard_span(sum(sizes), shard)
+    if start == stop:
+        raise DataError(f"shard {shard} of {sum(sizes)} rows in {len(paths)} file(s) is empty: more shards than rows")
+    rows, n_bad, offset = [], 0, 0
+    for path, size in zip(paths, sizes):
+        lo, hi = max(start - offset, 0), min(stop - offset, size)  # this file's rows [lo, hi) are ours
+        offset += size
+        if lo >= hi:
+            continue
+        got, bad = (_read_jsonl_rows if path.suffix in (".jsonl", ".json") else _read_parquet_rows)(
+            path, lo, hi, fields, on_error)
+        rows.extend(got)
+        n_bad += bad
+    return rows, n_bad
+
+
+def _read_jsonl_rows(path: Path, lo: int, hi: int, fields, on_error) -> tuple[list[dict], int]:
+    rows, bad, k = [], [], -1
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            k += 1
+            if k < lo:
+                continue
+            if k >= hi:
+                break
+            where = f"{path}:{i}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                _handle_bad(f"{where}: not valid JSON ({e.msg})", on_error, bad)
+                continue
+            err = _check_row(row, fields, where)
+            if err:
+                _handle_bad(err, on_error, bad)
+                continue
+            rows.append({f: row[f] for f in fields})
+    if bad:
+        log.warning("%s rows %d..%d: skipped %d bad rows (first: %s)", path, lo, hi - 1, len(bad), bad[0])
+    return rows, len(bad)
+
+
+def _read_parquet_rows(path: Path, lo: int, hi: int, fields, on_error) -> tuple[list[dict], int]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    missing = [f for f in fields if f not in pf.schema_arrow.names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing} (has {pf.schema_arrow.names})")
+    groups, first, at = [], None, 0
+    for g in range(pf.metadata.num_row_groups):  # only the row groups overlapping [lo, hi)
+        n = pf.metadata.row_group(g).num_rows
+        if at < hi and at + n > lo:
+            groups.append(g)
+            first = at if first is None else first
+        at += n
+    table = pf.read_row_groups(groups, columns=list(fields)).slice(lo - first, hi - lo)
+    cols = {f: table.column(f).to_pylist() for f in fields}
+    rows, bad = [], []
+    for i in range(table.num_rows):
+        row = {f: cols[f][i] for f in fields}
+        err = _check_row(row, fields, f"{path}: row {lo + i}")
+        if err:
+            _handle_bad(err, on_error, bad)
+            continue
+        rows.append(row)
+    if bad:
+        log.warning("%s rows %d..%d: skipped %d bad rows (first: %s)", path, lo, hi - 1, len(bad), bad[0])
+    return rows, len(bad)
+
+
+def file_batches(paths: Sequence[str | Path], tokenizer, seq_len: int, batch_size: int, seed: int = 0,
+                 shard: tuple[int, int] = (0, 1), field: str = "text", on_error: str = "raise"):
+    """Pretraining batches from files, this shard's part of each: `read_shard`, `pack_documents`
+    (concatenate-then-split within the shard), then `batching.minibatches` of batch_size / count rows (each epoch
+    visits every packed row of the shard once, reshuffled per epoch; its iterator resumes exactly).
+
+    On several processes give shard=`parallel.process_shard(mesh, batch_size)` and set
+    `Task.batches_per_process = True`: each process reads and packs only its rows and the trainer assembles the
+    global batch of `batch_size` rows from the processes' blocks. Returns (grain IterDataset, info) with info =
+    {"documents", "bad_rows", "packed_rows"} of this shard."""
+    from jaxllm.data.batching import minibatches
+
+    index, count = shard
+    if batch_size % count:
+        raise DataError(f"batch_size={batch_size} must be a multiple of the {count} shards")
+    docs, bad = read_shard(paths, shard, (field,), on_error)
+    packed = pack_documents(docs, tokenizer, seq_len, field)
+    rows = packed["tokens"].shape[0]
+    if rows < batch_size // count:
+        raise DataError(f"shard {shard}: {len(docs)} documents pack into {rows} rows of {seq_len} tokens, fewer than "
+                        f"the {batch_size // count} rows of one per-shard batch")
+    return minibatches(packed, batch_size // count, seed), {"documents": len(docs), "bad_rows": bad,
+                                                              "packed_rows": rows}

@@ -6,7 +6,10 @@ Trains a tiny decoder (next-token loss, `lm_task`) on random tokens for `steps` 
 mesh, the data pipeline sharded by process (`minibatches(..., shard=parallel.process_shard(...))`, so each
 process reads only its rows). Keys: steps, checkpoint_every, optim (adamw | galore), kill_process and kill_at
 (that process SIGKILLs itself right after logging that step), sleep (seconds per log step), rows (write the
-row ids each process read to rows_p<I>.json). Prints `FINGERPRINT [...]` of the final state.
+row ids each process read to rows_p<I>.json), files (a directory of jsonl / parquet files of documents written
+as token ids, "7 12 3": each process reads only its rows of them with `pipeline.file_batches`, the trainer
+assembles the global batch from the processes' rows, Task.batches_per_process; with rows=1 the token rows
+each process trained on are written). Prints `FINGERPRINT [...]` of the final state.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import jax
 import numpy as np
 
 from jaxllm import parallel
+from jaxllm.data import pipeline
 from jaxllm.models import get_preset
 from jaxllm.optim import build
 from jaxllm.train import TrainerConfig, minibatches, train, write_summary
@@ -39,6 +43,15 @@ def data() -> dict:
             "row": np.arange(ROWS, dtype=np.int32)}
 
 
+class SpacedTokens:
+    """Documents of the `files=` mode are token ids written as text, "7 12 3"; bos 1, eos 2, pad 0."""
+
+    pad_id = 0
+
+    def encode(self, text: str, add_bos: bool = False, add_eos: bool = False) -> list[int]:
+        return [1] * add_bos + [int(t) for t in text.split()] + [2] * add_eos
+
+
 def main(argv: list[str]) -> None:
     run_dir, opts = argv[0], dict(a.split("=", 1) for a in argv[1:])
     steps, every = int(opts.get("steps", 12)), int(opts.get("checkpoint_every", 4))
@@ -54,7 +67,14 @@ def main(argv: list[str]) -> None:
         seen.append(batch["row"].tolist())
         return batch
 
-    batches = minibatches(data(), BATCH, seed=0, shard=shard).map(record)
+    if opts.get("files"):  # this process's rows of the jsonl / parquet files in that directory
+        paths = sorted(p for p in os.listdir(opts["files"]) if p.endswith((".jsonl", ".parquet")))
+        batches, info = pipeline.file_batches([os.path.join(opts["files"], p) for p in paths], SpacedTokens(),
+                                              SEQ + 1, BATCH, seed=0, shard=shard)
+        batches = batches.map(lambda b: record({**b, "row": b["tokens"]}))
+        print(f"process {jax.process_index()} read {info['documents']} documents", flush=True)
+    else:
+        batches = minibatches(data(), BATCH, seed=0, shard=shard).map(record)
     task = lm_task(MODEL, optim.build(steps), batches)
     task.batches_per_process = True
 

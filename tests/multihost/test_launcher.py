@@ -100,3 +100,139 @@ def test_process_shards_partition_each_batch():
 def test_launch_rejects_zero_processes(capsys):
     assert launch.main(["-n", "0", "x"]) == 2
     assert "-n must be >= 1" in capsys.readouterr().err
+
+
+def test_batch_source_state_restores_per_process_and_across_process_counts(monkeypatch, tmp_path):
+    """A checkpoint's data item holds each process's batch-source state. Restored with the same process count,
+    process i gets state i; with another count (2 processes -> 1, the RL run's resharding restore) it restores
+    when every process had the same state (an RL source's counters, a pipeline every process reads whole), and
+    it is a clear error when the processes each read their own shard (their positions differ)."""
+    from jaxllm.train.checkpoint import _this_process
+
+    same = {"processes": [{"batches": 2, "reward_errors": 0}] * 2}
+    own = {"processes": [{"pos": 8}, {"pos": 5}]}
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    assert _this_process(own, tmp_path) == {"pos": 5}
+    monkeypatch.setattr(jax, "process_count", lambda: 1)
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    assert _this_process(same, tmp_path) == {"batches": 2, "reward_errors": 0}
+    with pytest.raises(ConfigError, match="resume it with 2 processes, not 1"):
+        _this_process(own, tmp_path)
+    assert _this_process({"pos": 3}, tmp_path) == {"pos": 3}  # a checkpoint from before per-process states
+
+
+@pytest.mark.slow
+def test_sigterm_stops_processes_that_ignore_it():
+    """SIGTERM to the launcher is forwarded; processes that ignore it (as jax's preemption handler makes a worker
+    do) are killed STOP_GRACE_S later: the launcher returns 128 + SIGTERM, says so, and leaves no process."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = util._env(2)
+    proc = subprocess.Popen([sys.executable, "-m", "jaxllm.launch", "-n", "2", "--timeout", "300", "--module",
+                             "tests.multihost.stubborn_child"], cwd=util.ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines, pids = [], []
+    try:
+        while len(pids) < 2:
+            line = proc.stdout.readline()
+            assert line, "".join(lines)[-3000:]
+            lines.append(line)
+            pids += [int(p) for p in re.findall(r"pid (\d+) up", line)]
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    assert f"processes still running after {launch.STOP_GRACE_S:g} s: stopping all 2" in out
+    assert time.monotonic() - t0 < 4 * launch.STOP_GRACE_S + 30
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def _start_stubborn_pair():
+    """The launcher over two SIGTERM-ignoring processes, and their pids once both are up."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "jaxllm.launch", "-n", "2", "--timeout", "300", "--module",
+                             "tests.multihost.stubborn_child"], cwd=util.ROOT, env=util._env(2),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, pids = [], []
+    while len(pids) < 2:
+        line = proc.stdout.readline()
+        if not line:
+            proc.kill()
+            raise AssertionError("".join(lines)[-3000:])
+        lines.append(line)
+        pids += [int(p) for p in re.findall(r"pid (\d+) up", line)]
+    return proc, pids
+
+
+def _gone_within(pids, seconds: float) -> bool:
+    import os
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_processes_die_with_a_killed_launcher():
+    """SIGKILL of the launcher (which then cannot stop anything) still ends its processes at once, through
+    PR_SET_PDEATHSIG: no orphan is left waiting in a collective."""
+    import signal
+
+    proc, pids = _start_stubborn_pair()
+    try:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert _gone_within(pids, 10.0), f"processes {pids} outlived the killed launcher"
+    finally:
+        proc.kill()
+
+
+@pytest.mark.slow
+def test_a_closed_output_does_not_orphan_processes():
+    """The launcher's reader goes away (a piping parent died) and then SIGTERM comes: its writes fail, and it
+    must still stop both processes and return 128 + SIGTERM (it used to die of BrokenPipeError, leaving them)."""
+    import signal
+
+    proc, pids = _start_stubborn_pair()
+    try:
+        proc.stdout.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        assert _gone_within(pids, 10.0), f"processes {pids} outlived the launcher"
+    finally:
+        proc.kill()
+
+
+def test_output_that_breaks_is_dropped_not_raised():
+    """The launcher's stream wrapper swallows a broken pipe / closed file, and drops what comes after."""
+    import io
+
+    stream = io.StringIO()
+    out = launch._Output(stream)
+    out.write("kept\n")
+    stream.close()
+    out.write("lost\n")  # would raise ValueError on the closed stream
+    out.flush()
+    assert out.lost
