@@ -1,14 +1,27 @@
-"""R-Sparse quality: perplexity of a trained decoder at 40-70% sparsity (dense, TEAL, R-Sparse uniform / searched α).
+"""R-Sparse quality: perplexity of a trained decoder at 40-70% sparsity: dense, TEAL (as its reference does it),
+R-Sparse uniform / searched α, at equal budgets.
 
 The paper's claim checked here (arXiv 2504.19449): at 50% model-level sparsity R-Sparse stays close to dense and
-beats plain (TEAL-style) thresholding. The model is a byte-level Llama-flavour decoder with grouped-query attention
+beats plain (TEAL) thresholding. The model is a byte-level Llama-flavour decoder with grouped-query attention
 trained in this library on Python standard-library source text (files split into train / held-out by index), or a
 real checkpoint from a local directory (`checkpoint_path=...`, loaded with `jaxllm.hf.load_pretrained`).
 
-Protocol: thresholds are calibrated on `calib_windows` windows of training text, α is searched on a separate set of
-`search_windows` training windows, perplexity is measured on held-out files. Every token of the evaluated
-windows goes through the sparse path (`sparse_fraction=1`): linears are per-token, so this equals teacher-forced
-decoding with every decode step sparse, the strictest setting (the reference code sparsifies only the last 10%).
+Methods at sparsity s (every one reads (1 − s) of the decoder projections' weights per token):
+  TEAL uniform (`jaxllm.sparse.teal`: thresholds from calibration histograms, the reference's icdf(0.5 + s/2)),
+  TEAL greedy (the reference's block-wise greedy allocation, weighted mean s per block, fitted on the first
+  `teal_greedy_windows` search windows), TEAL uniform with this library's |x| histograms (icdf(s), no symmetry
+  presumed, so the budget is met), TEAL exact quantile (the
+  older `rsparsify(method="teal")`: the exact s-quantile of |x| per projection), R-Sparse α = 1, R-Sparse uniform
+  α, R-Sparse α searched per layer (greedy on layer error; evolutionary on KL).
+  Pairs compared like for like: TEAL uniform vs R-Sparse uniform α; TEAL greedy vs R-Sparse searched α.
+
+Protocol: per window seed e (`window_seeds`), thresholds and histograms come from `calib_windows` training windows,
+α search and TEAL's greedy allocation from `search_windows` other training windows, perplexity from `eval_windows`
+held-out windows. Per evaluation mode f in `sparse_fractions` the last ⌈f·T⌉ tokens of each window go through the
+sparse path (the first ones dense, as a prefill) and perplexity is taken over those sparse tokens only:
+f = 1 is every token sparse (= teacher-forced decoding with every decode step sparse, the strictest setting);
+f = 0.1 is the R-Sparse reference's evaluation (`--prefill_ratio 0.1`: the last 10% sparse). (TEAL's own
+`ppl_test` sparsifies the last half of each 2560-token window and scores its last 512 tokens, all of them sparse.)
 """
 
 from __future__ import annotations
@@ -72,7 +85,9 @@ class Config:
     calib_windows: int = 8
     search_windows: int = 8
     eval_windows: int = 96
-    sparse_fraction: float = 1.0
+    window_seeds: tuple[int, ...] = (0, 1, 2)  # calibration / search / eval windows drawn per seed
+    sparse_fractions: tuple[float, ...] = (1.0, 0.1)  # evaluation modes: fraction of each window's tokens sparse
+    teal_greedy_windows: int = 4  # search windows the TEAL greedy allocation fits on (the most expensive step)
 
     def __post_init__(self):
         from jaxllm.config import check, check_choice
@@ -81,6 +96,11 @@ class Config:
         for s in self.sparsities:
             check(0.0 <= s <= 1.0, f"sparsity {s} outside [0, 1]")
         check(0.0 <= self.uniform_alpha <= 1.0, f"uniform_alpha={self.uniform_alpha} outside [0, 1]")
+        check(len(self.window_seeds) >= 1 and len(set(self.window_seeds)) == len(self.window_seeds),
+              f"window_seeds={self.window_seeds} must be distinct, at least one")
+        check(self.teal_greedy_windows >= 1, f"teal_greedy_windows={self.teal_greedy_windows} must be >= 1")
+        check(len(self.sparse_fractions) >= 1 and all(0.0 < f <= 1.0 for f in self.sparse_fractions),
+              f"sparse_fractions={self.sparse_fractions}: each in (0, 1]")
         if not self.checkpoint_path:  # the trained model reads bytes
             check(self.model.vocab_size == 256, f"model.vocab_size={self.model.vocab_size}: the corpus is bytes (256)")
             check(self.model.max_seq_len >= self.train.seq_len,
@@ -178,19 +198,99 @@ def perplexity(model: Model, params, windows: np.ndarray, batch: int = 16) -> fl
     return float(math.exp(sum(losses) / len(windows)))
 
 
+def sparse_positions(model: Model, seq: int) -> int:
+    """Index of the first token that the model's linear sends through the sparse path (0 for dense models)."""
+    lin = model.linear
+    return min(lin.dense_tokens(seq), seq - 1) if hasattr(lin, "dense_tokens") else 0
+
+
+class Evaluator:
+    """Perplexity over the sparse tokens of windows [N, S + 1], with one compiled function per model (the
+    trees of one kind share shapes: R-Sparse trees keep the largest rank, switched off by `rank_mask`)."""
+
+    def __init__(self, windows: np.ndarray, batch: int = 16):
+        self.windows, self.batch, self.fns = windows, batch, {}
+
+    def __call__(self, model: Model, params, start: int) -> float:
+        key = (model, start)
+        if key not in self.fns:
+            def tail_nll(p, w):
+                logp = jax.nn.log_softmax(model(p, w[:, :-1])[:, start:], axis=-1)
+                return -jnp.mean(jnp.take_along_axis(logp, w[:, start + 1:, None], axis=-1))
+            self.fns[key] = jax.jit(tail_nll)
+        fn, w = self.fns[key], self.windows
+        losses = [float(fn(params, jnp.asarray(w[i: i + self.batch]))) * len(w[i: i + self.batch])
+                  for i in range(0, len(w), self.batch)]
+        return float(math.exp(sum(losses) / len(w)))
+
+
 def mean_layer_error(params, tree, inputs) -> float:
+    """Mean relative output error per projection on activations `inputs` (R-Sparse or TEAL entries)."""
     from jaxllm.sparse import rsparse as rs
 
     errs = []
     for name, p in rs.projections(params).items():
         lname, group, pname = name.split("/")
-        errs.append(rs.relative_error(inputs[name], rs.kernel_matrix(name, p["kernel"]),
-                                      tree[lname][group][pname]["rsparse"]))
+        w2 = rs.kernel_matrix(name, p["kernel"])
+        errs.append(rs.relative_error(inputs[name], w2, _entry_2d(tree[lname][group][pname], w2.shape[0])))
     return float(np.mean(errs))
+
+
+def read_fraction(params, tree, inputs) -> float:
+    """Fraction of the decoder projections' weights read per token on activations `inputs`: kept channels ×
+    d_out (+ rank r × (d_in + d_out) for an R-Sparse low-rank path), summed, over Σ d_in·d_out."""
+    from jaxllm.sparse import rsparse as rs
+
+    read = total = 0.0
+    for name, p in rs.projections(params).items():
+        lname, group, pname = name.split("/")
+        w2 = rs.kernel_matrix(name, p["kernel"])
+        d_in, d_out = w2.shape
+        entry = _entry_2d(tree[lname][group][pname], d_in)
+        kept = rs.kept_fraction(inputs[name], entry)
+        rank = 0
+        if "a" in entry:
+            rank = int(np.sum(np.asarray(entry["rank_mask"]))) if "rank_mask" in entry else entry["a"].shape[1]
+        read += kept * d_in * d_out + rank * (d_in + d_out)
+        total += d_in * d_out
+    return float(read / total)
+
+
+def _entry_2d(p, d_in: int) -> dict:
+    if "rsparse" in p:
+        return p["rsparse"]
+    return {"scale": jnp.ones((d_in,), jnp.float32), "tau": p["teal"]["tau"]}
+
+
+def method_trees(cfg, params, factors, calib_in, search_in, search_tokens, teal_parts, s, config, pad, log):
+    """{method: tree} at sparsity s (see METHOD_NAMES), and the searched α recipes."""
+    from jaxllm.sparse import rsparse as rs
+    from jaxllm.sparse import teal
+
+    trees, recipes = {}, {}
+    trees["teal"] = rs.rsparsify(cfg, params, None, s, method="teal", factors=factors, inputs=calib_in)[0]
+    for variant, (hists, alloc) in teal_parts.items():  # "" = the reference's signed histograms, "abs" = |x|
+        trees[f"teal{variant}_hist_uniform"] = teal.tealify(params, hists, s)
+        if alloc is not None:
+            trees[f"teal{variant}_greedy"] = teal.tealify(params, hists, alloc[s])
+    common = dict(factors=factors, inputs=calib_in, pad_rank=pad)
+    trees["rsparse_alpha1"] = rs.rsparsify(cfg, params, None, s, 1.0, **common)[0]
+    trees["rsparse_uniform"] = rs.rsparsify(cfg, params, None, s, config.uniform_alpha, **common)[0]
+    greedy, _ = rs.greedy_alpha_search(params, factors, calib_in, search_in, s)
+    trees["rsparse_greedy"] = rs.rsparsify(cfg, params, None, s, greedy, **common)[0]
+    recipes["greedy"] = greedy
+    if config.search == "evolutionary":
+        evo, _, _ = rs.evolutionary_alpha_search(
+            cfg, params, factors, calib_in, search_tokens, s, init=greedy, generations=config.search_generations,
+            population=config.search_population, seed=config.seed, log=log)
+        trees["rsparse_evolutionary"] = rs.rsparsify(cfg, params, None, s, evo, **common)[0]
+        recipes["evolutionary"] = evo
+    return trees, recipes
 
 
 def run(config: Config) -> dict:
     from jaxllm.sparse import rsparse as rs
+    from jaxllm.sparse import teal
 
     run_dir = config.run_dir
     prepare_run_dir(run_dir, config)
@@ -205,107 +305,190 @@ def run(config: Config) -> dict:
         train_tokens, heldout_tokens = corpus("train"), corpus("heldout")
         source = (f"byte-level decoder trained here: d_model={cfg.d_model}, layers={cfg.n_layers}, heads={cfg.n_heads}, "
                   f"kv_heads={cfg.num_heads_kv}, d_ff={cfg.d_ff}, {config.train.trainer.steps} steps")
-    calib = fixed_windows(train_tokens, config.calib_windows, seq, seed=10)
-    search = fixed_windows(train_tokens, config.search_windows, seq, seed=11)
-    evalw = fixed_windows(heldout_tokens, config.eval_windows, seq, seed=12)
     factors = rs.compute_factors(params)
-    calib_in = rs.collect_inputs(cfg, params, calib[:, :-1])
-    search_in = rs.collect_inputs(cfg, params, search[:, :-1])
-    f = config.sparse_fraction
-    sparse_model = rs.rsparse_model(cfg, f)
-    dense_ppl = perplexity(Model(cfg), params, evalw)
-    print(f"dense perplexity {dense_ppl:.4f}", flush=True)
-    rows, recipes = [], {}
-    for s in config.sparsities:
-        methods = {}
-        tree, _ = rs.rsparsify(cfg, params, None, s, method="teal", factors=factors, inputs=calib_in)
-        methods["teal"] = tree
-        tree, _ = rs.rsparsify(cfg, params, None, s, 1.0, factors=factors, inputs=calib_in)
-        methods["rsparse_alpha1"] = tree
-        tree, _ = rs.rsparsify(cfg, params, None, s, config.uniform_alpha, factors=factors, inputs=calib_in)
-        methods["rsparse_uniform"] = tree
-        greedy, _ = rs.greedy_alpha_search(params, factors, calib_in, search_in, s)
-        tree, _ = rs.rsparsify(cfg, params, None, s, greedy, factors=factors, inputs=calib_in)
-        methods["rsparse_greedy"] = tree
-        recipes[f"greedy_{s}"] = greedy
-        if config.search == "evolutionary":
-            evo, kl, hist = rs.evolutionary_alpha_search(
-                cfg, params, factors, calib_in, search[:, :-1], s, init=greedy,
-                generations=config.search_generations, population=config.search_population, seed=config.seed,
-                log=print)
-            tree, _ = rs.rsparsify(cfg, params, None, s, evo, factors=factors, inputs=calib_in)
-            methods["rsparse_evolutionary"] = tree
-            recipes[f"evolutionary_{s}"] = evo
-        for name, tree in methods.items():
-            ppl = perplexity(sparse_model, tree, evalw)
-            err = mean_layer_error(params, tree, search_in)
-            rows.append({"sparsity": s, "method": name, "ppl": ppl, "mean_layer_rel_error": err})
-            print(f"s={s} {name:22s} ppl {ppl:.4f}  mean layer rel. error {err:.4f}", flush=True)
+    names = list(rs.projections(params))
+    shapes = {n: rs.kernel_matrix(n, p["kernel"]).shape for n, p in rs.projections(params).items()}
+    pad = {n: rs.layer_budget(n, *shapes[n], min(config.sparsities), 0.0).rank for n in names}
+    dense = Model(cfg)
+    models = {("rsparse", f): rs.rsparse_model(cfg, f) for f in config.sparse_fractions}
+    models.update({("teal", f): teal.teal_model(cfg, f) for f in config.sparse_fractions})
+    rows, dense_rows, recipes = [], [], {}
+    for e in config.window_seeds:
+        t_seed = time.time()
+        calib = fixed_windows(train_tokens, config.calib_windows, seq, seed=10 + 100 * e)
+        search = fixed_windows(train_tokens, config.search_windows, seq, seed=11 + 100 * e)
+        evaluate = Evaluator(fixed_windows(heldout_tokens, config.eval_windows, seq, seed=12 + 100 * e))
+        calib_in = rs.collect_inputs(cfg, params, calib[:, :-1])
+        search_in = rs.collect_inputs(cfg, params, search[:, :-1])
+        teal_parts = {}
+        for variant, magnitude in (("", False), ("_abs", True)):  # greedy only with the reference's thresholds
+            hists = teal.projection_histograms(calib_in, magnitude=magnitude)
+            alloc = None
+            if not magnitude:
+                alloc, _ = teal.greedy_allocation(cfg, params, hists, search[: config.teal_greedy_windows, :-1],
+                                                  config.sparsities, log=print)
+            teal_parts[variant] = (hists, alloc)
+        for f in config.sparse_fractions:
+            start = sparse_positions(models[("rsparse", f)], seq)
+            ppl = evaluate(dense, params, start)
+            dense_rows.append({"seed": e, "sparse_fraction": f, "ppl": ppl})
+            print(f"seed {e} f={f}: dense perplexity {ppl:.4f} on tokens {start}..{seq - 1}", flush=True)
+        for s in config.sparsities:
+            trees, rec = method_trees(cfg, params, factors, calib_in, search_in, search[:, :-1], teal_parts, s,
+                                      config, pad, print)
+            for k, v in rec.items():
+                recipes[f"{k}_{s}_seed{e}"] = v
+            for variant, (_, alloc) in teal_parts.items():
+                if alloc is not None:
+                    recipes[f"teal{variant}_greedy_{s}_seed{e}"] = alloc[s]
+            for method, tree in trees.items():
+                kind = "teal" if method in TEAL_TREES else "rsparse"
+                err = mean_layer_error(params, tree, search_in)
+                readf = read_fraction(params, tree, search_in)
+                calib_readf = read_fraction(params, tree, calib_in)
+                for f in config.sparse_fractions:
+                    model = models[(kind, f)]
+                    ppl = evaluate(model, tree, sparse_positions(model, seq))
+                    rows.append({"seed": e, "sparsity": s, "sparse_fraction": f, "method": method, "ppl": ppl,
+                                 "mean_layer_rel_error": err, "read_fraction_heldout": readf,
+                                 "read_fraction_calib": calib_readf})
+                    print(f"seed {e} s={s} f={f} {method:22s} ppl {ppl:.4f}  layer err {err:.4f}  "
+                          f"weights read {readf:.4f} (calib {calib_readf:.4f})", flush=True)
+        print(f"seed {e}: {time.time() - t_seed:.0f} s", flush=True)
     (Path(run_dir) / "recipes.json").write_text(json.dumps(recipes, indent=1))
-    (Path(run_dir) / "results.json").write_text(json.dumps({"dense_ppl": dense_ppl, "rows": rows}, indent=1))
-    _plots(run_dir, dense_ppl, rows, recipes, config)
-    summary = {"source": source, "dense_ppl": dense_ppl, "eval_tokens": int(evalw.shape[0] * seq),
-               "sparse_fraction": f, "seconds": round(time.time() - t0, 1)}
-    for r in rows:
-        summary[f"ppl/{r['method']}/s{r['sparsity']}"] = r["ppl"]
+    (Path(run_dir) / "results.json").write_text(json.dumps({"dense": dense_rows, "rows": rows,
+                                                            "dense_ppl": _dense_mean(dense_rows, 1.0)}, indent=1))
+    _plots(run_dir, dense_rows, rows, recipes, config)
+    summary = {"source": source, "dense_ppl": _dense_mean(dense_rows, max(config.sparse_fractions)),
+               "eval_tokens": int(config.eval_windows * seq), "window_seeds": list(config.window_seeds),
+               "sparse_fractions": list(config.sparse_fractions), "seconds": round(time.time() - t0, 1)}
+    for (m, s, f), (mean, _sd, _n) in _increase_stats(dense_rows, rows).items():
+        summary[f"ppl_increase_pct/{m}/s{s}/f{f}"] = round(mean, 3)
     write_summary(run_dir, summary, "R-Sparse quality")
     print(results_markdown(run_dir))
     return summary
 
 
+def _dense_mean(dense_rows, f):
+    vals = [r["ppl"] for r in dense_rows if r["sparse_fraction"] == f]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _increase_stats(dense_rows, rows):
+    """(method, s, f) -> (mean, sample std, n) over window seeds of the perplexity increase over dense, in %."""
+    dense = {(r["seed"], r["sparse_fraction"]): r["ppl"] for r in dense_rows}
+    acc = {}
+    for r in rows:
+        inc = 100 * (r["ppl"] / dense[(r["seed"], r["sparse_fraction"])] - 1)
+        acc.setdefault((r["method"], r["sparsity"], r["sparse_fraction"]), []).append(inc)
+    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"), len(v))
+            for k, v in acc.items()}
+
+
 METHOD_NAMES = {
-    "teal": "TEAL (\\|x\\| > τ)",
+    "teal": "TEAL uniform, exact s-quantile of \\|x\\| (old baseline)",
+    "teal_hist_uniform": "TEAL uniform (reference: histogram thresholds)",
+    "teal_greedy": "TEAL greedy allocation (reference)",
+    "teal_abs_hist_uniform": "TEAL uniform, \\|x\\| histogram (icdf(s))",
     "rsparse_alpha1": "R-Sparse α = 1 (\\|x·c\\| > τ, no low rank)",
     "rsparse_uniform": "R-Sparse uniform α",
     "rsparse_greedy": "R-Sparse searched α (greedy, per layer)",
     "rsparse_evolutionary": "R-Sparse searched α (evolutionary)",
 }
 
+TEAL_TREES = ("teal_hist_uniform", "teal_greedy", "teal_abs_hist_uniform")  # trees run by TEALLinear (the others by RSparseLinear)
+
+# like-for-like pairs: (TEAL method, R-Sparse method)
+PAIRS = (("teal_hist_uniform", "rsparse_uniform"), ("teal_abs_hist_uniform", "rsparse_uniform"),
+         ("teal_greedy", "rsparse_greedy"), ("teal_greedy", "rsparse_evolutionary"))
+
 
 def results_markdown(run_dir: str) -> str:
-    """The quality table of a finished run as markdown (perplexity and its increase over dense)."""
+    """The quality tables of a finished run: per evaluation mode, the perplexity increase over dense (mean ± std
+    over window seeds), the like-for-like paired differences, and the weights actually read."""
     res = json.loads((Path(run_dir) / "results.json").read_text())
     cfg = json.loads((Path(run_dir) / "config.json").read_text())
-    dense = res["dense_ppl"]
-    sps = sorted({r["sparsity"] for r in res["rows"]})
-    methods = [m for m in METHOD_NAMES if any(r["method"] == m for r in res["rows"])]
-    lines = [f"Dense perplexity: **{dense:.4f}**. Cells: perplexity (increase over dense); uniform α = "
-             f"{cfg['uniform_alpha']}.", "",
-             "| method | " + " | ".join(f"s = {s}" for s in sps) + " |", "|---|" + "---|" * len(sps)]
+    dense_rows, rows = res["dense"], res["rows"]
+    stats = _increase_stats(dense_rows, rows)
+    sps = sorted({r["sparsity"] for r in rows})
+    fs = sorted({r["sparse_fraction"] for r in rows}, reverse=True)
+    seeds = sorted({r["seed"] for r in rows})
+    methods = [m for m in METHOD_NAMES if any(r["method"] == m for r in rows)]
+    ppl = {(r["method"], r["sparsity"], r["sparse_fraction"], r["seed"]): r["ppl"] for r in rows}
+    dense = {(r["sparse_fraction"], r["seed"]): r["ppl"] for r in dense_rows}
+    lines = [f"Window seeds {seeds} (n = {len(seeds)}); uniform α = {cfg['uniform_alpha']}. Cells: perplexity "
+             "increase over dense on the sparse tokens, mean ± sample std over the seeds.", ""]
+    for f in fs:
+        d = [dense[(f, e)] for e in seeds]
+        what = "every token sparse" if f == 1.0 else f"last {100 * f:g}% of each window sparse, scored on those"
+        lines += [f"**f = {f}** ({what}); dense perplexity on those tokens {np.mean(d):.4f} "
+                  f"(seeds: {', '.join(f'{v:.4f}' for v in d)}).", "",
+                  "| method | " + " | ".join(f"s = {s}" for s in sps) + " |", "|---|" + "---|" * len(sps)]
+        for m in methods:
+            cells = []
+            for s in sps:
+                mean, sd, _ = stats[(m, s, f)]
+                cells.append(f"{mean:+.2f} ± {sd:.2f}%" if not math.isnan(sd) else f"{mean:+.2f}%")
+            lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
+        lines += ["", f"Like-for-like, f = {f}: R-Sparse minus TEAL perplexity increase (percentage points, mean ± "
+                  "std over seeds, paired: same windows); wins = seeds where R-Sparse is lower.", "",
+                  "| pair | " + " | ".join(f"s = {s}" for s in sps) + " |", "|---|" + "---|" * len(sps)]
+        for tm, rm in PAIRS:
+            if tm not in methods or rm not in methods:
+                continue
+            cells = []
+            for s in sps:
+                diffs = [100 * (ppl[(rm, s, f, e)] - ppl[(tm, s, f, e)]) / dense[(f, e)] for e in seeds]
+                wins = sum(v < 0 for v in diffs)
+                sd = f" ± {np.std(diffs, ddof=1):.2f}" if len(diffs) > 1 else ""
+                cells.append(f"{np.mean(diffs):+.2f}{sd} ({wins}/{len(diffs)})")
+            lines.append(f"| {METHOD_NAMES[rm]} − {METHOD_NAMES[tm]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    f0 = fs[0]
+    lines += ["Fraction of the decoder projections' weights read per token, on the held-out search activations "
+              "(calibration activations in brackets), mean over seeds; the budget is 1 − s:", "",
+              "| method | " + " | ".join(f"s = {s}" for s in sps) + " |", "|---|" + "---|" * len(sps)]
     for m in methods:
         cells = []
         for s in sps:
-            r = next(r for r in res["rows"] if r["method"] == m and r["sparsity"] == s)
-            cells.append(f"{r['ppl']:.4f} (+{100 * (r['ppl'] / dense - 1):.1f}%)")
+            sel = [r for r in rows if r["method"] == m and r["sparsity"] == s and r["sparse_fraction"] == f0]
+            cells.append(f"{np.mean([r['read_fraction_heldout'] for r in sel]):.3f} "
+                         f"({np.mean([r['read_fraction_calib'] for r in sel]):.3f})")
         lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
-    lines += ["", "Mean relative output error per linear layer on held-out (search) activations:", "",
-              "| method | " + " | ".join(f"s = {s}" for s in sps) + " |", "|---|" + "---|" * len(sps)]
+    lines += ["", "Mean relative output error per linear layer on the held-out search activations (mean over seeds):",
+              "", "| method | " + " | ".join(f"s = {s}" for s in sps) + " |", "|---|" + "---|" * len(sps)]
     for m in methods:
-        cells = [f"{next(r for r in res['rows'] if r['method'] == m and r['sparsity'] == s)['mean_layer_rel_error']:.4f}"
+        cells = [f"{np.mean([r['mean_layer_rel_error'] for r in rows if r['method'] == m and r['sparsity'] == s and r['sparse_fraction'] == f0]):.4f}"
                  for s in sps]
         lines.append(f"| {METHOD_NAMES[m]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _plots(run_dir, dense_ppl, rows, recipes, config):
+def _plots(run_dir, dense_rows, rows, recipes, config):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for m in sorted({r["method"] for r in rows}):
-        pts = [(r["sparsity"], r["ppl"]) for r in rows if r["method"] == m]
-        ax.plot(*zip(*pts), marker="o", label=m)
-    ax.axhline(dense_ppl, color="k", ls="--", label="dense")
-    ax.set_xlabel("model-level sparsity s")
-    ax.set_ylabel("held-out perplexity (bytes)")
-    ax.set_yscale("log")
-    ax.legend(fontsize=8)
-    ax.set_title("R-Sparse vs TEAL, every token sparse")
+    stats = _increase_stats(dense_rows, rows)
+    fs = sorted({r["sparse_fraction"] for r in rows}, reverse=True)
+    fig, axes = plt.subplots(1, len(fs), figsize=(6 * len(fs), 4), squeeze=False)
+    for ax, f in zip(axes[0], fs):
+        for m in METHOD_NAMES:
+            pts = sorted((s, *stats[(m, s, f)][:2]) for (mm, s, ff) in stats if mm == m and ff == f)
+            if pts:
+                xs, ys, sds = zip(*pts)
+                ax.errorbar(xs, ys, yerr=[0 if math.isnan(v) else v for v in sds], marker="o", capsize=3,
+                            label=m)
+        ax.set_xlabel("model-level sparsity s")
+        ax.set_ylabel("perplexity increase over dense (%)")
+        ax.set_yscale("log")
+        ax.set_title(f"sparse fraction f = {f} (mean ± std over seeds)")
+        ax.legend(fontsize=7)
     save_figure(fig, run_dir, "rsparse_ppl")
-    key = "evolutionary_0.5" if "evolutionary_0.5" in recipes else "greedy_0.5"
-    if key in recipes:
+    e0 = config.window_seeds[0]
+    key = next((k for k in (f"evolutionary_0.5_seed{e0}", f"greedy_0.5_seed{e0}") if k in recipes), None)
+    if key:
         fig, ax = plt.subplots(figsize=(7, 3))
         names = list(recipes[key])
         ax.bar(range(len(names)), [recipes[key][n] for n in names])
@@ -313,5 +496,5 @@ def _plots(run_dir, dense_ppl, rows, recipes, config):
         ax.set_xticklabels([n.replace("layer_", "L").replace("/attn/", ".").replace("/mlp/", ".") for n in names],
                            rotation=90, fontsize=6)
         ax.set_ylabel("α")
-        ax.set_title(f"searched α per layer at s = 0.5 ({key.split('_')[0]})")
+        ax.set_title(f"searched α per layer at s = 0.5 ({key.split('_')[0]}, seed {e0})")
         save_figure(fig, run_dir, "rsparse_alpha_s0.5")

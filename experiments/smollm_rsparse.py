@@ -56,6 +56,7 @@ class Config:
     search_windows: int = 4
     eval_windows: int = 16
     batch: int = 8
+    teal_greedy: bool = False  # also TEAL as its reference does it: histogram thresholds, uniform and greedy
 
     def __post_init__(self):
         for s in self.sparsities:
@@ -153,6 +154,15 @@ def run(config: Config) -> dict:
     dense_ppl = perplexity(Model(cfg), params, evalw, config.batch)
     print(f"dense perplexity {dense_ppl:.4f}", flush=True)
     sparse_model = rs.rsparse_model(cfg, 1.0)
+    teal_alloc = {}
+    if config.teal_greedy:
+        from jaxllm.sparse import teal
+
+        t = time.time()
+        hists = teal.projection_histograms(calib_in)
+        teal_alloc, _ = teal.greedy_allocation(cfg, params, hists, search[:, :-1], config.sparsities)
+        teal_model = teal.teal_model(cfg, 1.0)
+        print(f"TEAL histograms and greedy allocation: {time.time() - t:.0f} s", flush=True)
     rows, recipes = [], {}
     for s in config.sparsities:
         t = time.time()
@@ -165,8 +175,13 @@ def run(config: Config) -> dict:
             "rsparse_searched": rs.rsparsify(cfg, params, None, s, alpha, factors=factors, inputs=calib_in,
                                              pad_rank=pad)[0],
         }
+        if config.teal_greedy:
+            trees["teal_hist_uniform"] = teal.tealify(params, hists, s)
+            trees["teal_greedy"] = teal.tealify(params, hists, teal_alloc[s])
+            recipes[f"teal_greedy_{s}"] = teal_alloc[s]
         for method, tree in trees.items():
-            ppl = perplexity(sparse_model, tree, evalw, config.batch)
+            model = teal_model if method in ("teal_hist_uniform", "teal_greedy") else sparse_model
+            ppl = perplexity(model, tree, evalw, config.batch)
             rows.append({"sparsity": s, "method": method, "ppl": ppl})
             print(f"s={s} {method:17s} ppl {ppl:.4f} (+{100 * (ppl / dense_ppl - 1):.1f}%)", flush=True)
         print(f"  s={s}: mean searched alpha {np.mean(list(alpha.values())):.2f} ({time.time() - t:.0f} s)", flush=True)
@@ -184,7 +199,9 @@ def run(config: Config) -> dict:
 
 
 METHODS = {"teal": "TEAL (\\|x\\| > τ)", "rsparse_alpha1": "R-Sparse α = 1 (\\|x·c\\| > τ, no low rank)",
-           "rsparse_searched": "R-Sparse, α searched per layer"}
+           "rsparse_searched": "R-Sparse, α searched per layer",
+           "teal_hist_uniform": "TEAL uniform (reference: histogram thresholds)",
+           "teal_greedy": "TEAL greedy allocation (reference)"}
 
 
 def results_markdown(dense_ppl: float, rows: list[dict]) -> str:
@@ -194,6 +211,8 @@ def results_markdown(dense_ppl: float, rows: list[dict]) -> str:
     for m, label in METHODS.items():
         cells = [f"{r['ppl']:.4f} (+{100 * (r['ppl'] / dense_ppl - 1):.1f}%)"
                  for s in sps for r in rows if r["method"] == m and r["sparsity"] == s]
+        if not cells:
+            continue
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -207,6 +226,8 @@ def _plot(run_dir, dense_ppl, rows):
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in METHODS:
         pts = [(r["sparsity"], r["ppl"]) for r in rows if r["method"] == m]
+        if not pts:
+            continue
         ax.plot(*zip(*pts), marker="o", label=m)
     ax.axhline(dense_ppl, color="k", ls="--", label="dense")
     ax.set_xlabel("model-level sparsity s")
