@@ -33,10 +33,10 @@ list: $(VENV)/.installed  ## experiments with one-line descriptions
 	$(PY) -m experiments --list
 
 test: $(VENV)/.installed-test  ## the default tier (minutes on 2 cores)
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not gpu" tests
+	JAXLLM_TEST_EXTRA=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not slow and not gpu" tests
 
 test-all: $(VENV)/.installed-test  ## every CPU test, slow reproductions and parity included
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not gpu" tests
+	JAXLLM_TEST_EXTRA=1 $(PY) -m pytest -q -n $(PYTEST_WORKERS) -m "not gpu" tests
 
 test-gpu: $(VENV)/.installed-test  ## on a machine with a GPU
 	JAX_PLATFORMS= $(PY) -m pytest -q -m gpu tests

@@ -249,3 +249,76 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 4. IGPO: one iteration with inpainted regrouping against a plain one (same loop, batch and loss)
+
+
+def igpo_phases(name: str = "tiny", iterations: int = 3) -> list[dict]:
+    """Seconds per phase of an IGPO iteration (loss=igpo, μ = 4, KL to the start) in its worst case, every group
+    all wrong (the rollout reward is 0) and every group inpainted (G more sampled rows per group), against the
+    same loop with IGPO disabled. The inpainted samples' reward is 1 for an even token sum (≈ half), so
+    replacement and the entropy pass run too. Median over the iterations after a warm-up one; the number of
+    inpainted rows per iteration is fixed, so no phase recompiles after the first iteration."""
+    from jaxllm.rl.igpo import HintTrace, IGPOConfig, IGPORegrouper, diffusion_inpainter
+
+    shape = SHAPES[name]
+    cfg = model_cfg(name, shape["prompt"], shape["gen"])
+    params = init_params(cfg, jax.random.PRNGKey(0))
+    model = Model(cfg)
+    lcfg = dataclasses.replace(loss_cfg(shape, 2, cfg.mask_token_id), loss="igpo", clip_eps=0.2, kl_beta=0.01,
+                               p_mask_clean=0.0)
+    scfg = DiffusionSamplerConfig(gen_length=shape["gen"], block_length=shape["gen"], steps=shape["steps"],
+                                  mask_id=cfg.mask_token_id, temperature=0.7)
+    prompts = PromptSet(np.random.default_rng(1).integers(3, cfg.vocab_size, (64, shape["prompt"])).astype(np.int32))
+    trace = HintTrace(np.random.default_rng(2).integers(3, cfg.vocab_size, shape["gen"] - 4).astype(np.int32),
+                      shape["gen"] - 8)
+    out = []
+    for enabled in (False, True):
+        icfg = IGPOConfig(enabled=enabled, chunk_min=2, chunk_max=4, free_tail=4, max_spacing=8)
+        regroup = IGPORegrouper(icfg, model=model, mask_id=cfg.mask_token_id, gen_length=shape["gen"],
+                                group_size=shape["group"], inpaint_fn=diffusion_inpainter(model, scfg),
+                                reward_fn=lambda i, c: float(int(np.sum(c)) % 2 == 0), hints=lambda i: trace)
+        source = RolloutSource(diffusion_sampler(model, scfg), lambda i, c: 0.0, prompts,
+                               RolloutConfig(shape["prompts"] * shape["group"], shape["group"]), lcfg, model=model,
+                               ref_params=params, log_bounds=False, regroup_fn=regroup)
+        task = make_rl_task(model, lcfg, optax.adamw(1e-4), source, lambda key: params)
+        tcfg = TrainerConfig(steps=(iterations + 1) * MU, log_every=MU, checkpoint_every=(iterations + 1) * MU,
+                             updates_per_batch=MU, progress=False, async_checkpoint=False)
+        with tempfile.TemporaryDirectory() as d:
+            hist = train(tcfg, task, d).history
+        rows = [h for h in hist if h["step"] % MU == 0 and h["step"] > MU]
+        med = lambda k, rows=rows: statistics.median(h[k] for h in rows)  # noqa: E731
+        inpaint, entropy = med("igpo/inpaint_s"), med("igpo/entropy_s")
+        out.append({"model": name, "igpo": enabled, "B": shape["prompts"] * shape["group"],
+                    "L": shape["prompt"] + shape["gen"], "steps": shape["steps"], "sample_s": med("rollout/sample_s"),
+                    "score_s": med("rollout/reward_s") - inpaint - entropy, "inpaint_s": inpaint,
+                    "entropy_s": entropy, "extras_s": med("rollout/extras_s"), "updates_s": med("perf/update_s"),
+                    "inpainted": med("igpo/inpainted"), "replaced": med("igpo/replaced"), "iterations": len(rows)})
+    return out
+
+
+def igpo_main(argv=None) -> None:
+    """Print the IGPO section of docs/results/rl_bench.md (pasted there by hand: `main` rewrites the file)."""
+    import os
+
+    ap = argparse.ArgumentParser(description="IGPO iteration vs a plain one, by phase")
+    ap.add_argument("--model", default="tiny")
+    ap.add_argument("--iterations", type=int, default=3)
+    args = ap.parse_args(argv)
+    rows = igpo_phases(args.model, args.iterations)
+    load = os.getloadavg()
+    lines = ["## IGPO: one iteration with inpainting vs a plain one (same loop, batch, loss = igpo)", "",
+             f"- command: `python -c 'from bench.bench_rl import igpo_main; igpo_main()' --model {args.model} "
+             f"--iterations {args.iterations}`", f"- machine: {machine()}; load average at the end "
+             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min)", "",
+             "| IGPO | B | L | sampler steps | sampling s | scoring s | inpainting s | entropy s | φ_old/φ_ref s "
+             "| μ updates s | total s | inpainted rows | replaced rows |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        tot = r["sample_s"] + r["score_s"] + r["inpaint_s"] + r["entropy_s"] + r["extras_s"] + r["updates_s"]
+        lines.append(f"| {'on (every group)' if r['igpo'] else 'off'} | {r['B']} | {r['L']} | {r['steps']} "
+                     f"| {r['sample_s']:.3f} | {r['score_s']:.4f} | {r['inpaint_s']:.3f} | {r['entropy_s']:.3f} "
+                     f"| {r['extras_s']:.3f} | {r['updates_s']:.3f} | {tot:.3f} | {r['inpainted']:.0f} "
+                     f"| {r['replaced']:.0f} |")
+    print("\n".join(lines))

@@ -61,13 +61,14 @@ def parse_settings(spec: str) -> list[tuple[int, int, str]]:
 
 
 def evaluate_settings(mcfg, params, vocab: Vocab, prompts: np.ndarray, gen_length: int, settings, score: Callable,
-                      batch: int = 128, seed: int = 0) -> list[dict]:
-    """For each (steps, block, remasking): greedy (τ=0) samples of every prompt, scored by `score(i, text)`."""
+                      batch: int = 128, seed: int = 0, temperature: float = 0.0) -> list[dict]:
+    """For each (steps, block, remasking): greedy (τ=0) samples of every prompt, scored by `score(i, text)`
+    (temperature > 0: samples at that temperature, keys from `seed`)."""
     rows = []
     model = Model(mcfg)
     for steps, block, remask in settings:
         scfg = DiffusionSamplerConfig(gen_length=gen_length, block_length=block, steps=steps, mask_id=vocab.mask,
-                                      temperature=0.0, remasking=remask)
+                                      temperature=temperature, remasking=remask)
         t0 = time.perf_counter()
         texts = []
         for s in range(0, len(prompts), batch):

@@ -17,7 +17,7 @@ from experiments import _dllm_sft as dllm
 from jaxllm.config import check
 from jaxllm.models import Model, init_params, logical_axes
 from jaxllm.optim import build
-from jaxllm.rl import RLLossConfig
+from jaxllm.rl import LOSSES, RLLossConfig
 from jaxllm.rl.loop import (
     PromptSet,
     RolloutConfig,
@@ -41,11 +41,13 @@ RL_TRAINER = TrainerConfig(steps=4, log_every=4, checkpoint_every=40, updates_pe
 
 @dataclasses.dataclass(frozen=True)
 class RLSettings:
-    """The RL part of an spg_* experiment (the loss is chosen by the experiment's top-level `loss=`).
+    """The RL part of an spg_* experiment (the loss is `rl.loss`, also spelled `loss=`).
 
     iterations: rollout batches (each gives rl.inner_steps = μ updates). prompts_per_batch × rl.group_size
     completions per batch. temperature / sample_steps / sample_block: the rollout sampler (low-confidence
-    remasking). eval_steps / eval_block: the greedy held-out protocol.
+    remasking). eval_steps / eval_block: the greedy held-out protocol. eval_sampled: also evaluate the
+    held-out prompts by sampling at the rollout temperature (one fixed key, `eval/sampled_*`), since RL can
+    sharpen the sampling distribution without moving the greedy mode, or the reverse.
     """
 
     iterations: int = 25
@@ -56,11 +58,25 @@ class RLSettings:
     eval_steps: int = 32
     eval_block: int = 32
     n_prompts: int = 4000  # RL prompts drawn from the SFT training problems
+    eval_sampled: bool = False
 
     def __post_init__(self):
         check(self.iterations >= 1, f"rl_run.iterations must be ≥ 1, got {self.iterations}")
         check(self.prompts_per_batch >= 1, f"rl_run.prompts_per_batch must be ≥ 1, got {self.prompts_per_batch}")
         check(self.temperature >= 0, f"rl_run.temperature must be ≥ 0, got {self.temperature}")
+
+
+def check_config(config) -> None:
+    """The checks every spg_* experiment Config shares (call from its __post_init__): the loss is known and
+    the SPG masking block divides the generation."""
+    check(config.rl.loss in LOSSES, f"rl.loss={config.rl.loss!r} is not one of {sorted(LOSSES)}")
+    check(config.sft.gen_length % config.rl.block_length == 0,
+          f"rl.block_length={config.rl.block_length} must divide sft.gen_length={config.sft.gen_length}")
+
+
+# `loss=` is another spelling of `rl.loss` (one setting, one field): put this in an spg_* Config as
+# `ALIASES: ClassVar[dict] = spg.ALIASES`.
+ALIASES = {"loss": "rl.loss", "lr": "optim.learning_rate", "iterations": "rl_run.iterations"}
 
 
 def load_sft_params(sft_run_dir: str, mcfg, sft_optim: build.OptimizerConfig, sft_steps: int):
@@ -85,11 +101,12 @@ def load_sft_params(sft_run_dir: str, mcfg, sft_optim: build.OptimizerConfig, sf
 
 
 def greedy_eval(mcfg, vocab: dllm.Vocab, prompts_NP: np.ndarray, gen_length: int, steps: int, block: int,
-                score: Callable[[int, str], float]) -> list[float]:
-    """The reference's held-out protocol: greedy (τ = 0) low-confidence sampling of every prompt."""
+                score: Callable[[int, str], float], temperature: float = 0.0, seed: int = 0) -> list[float]:
+    """The reference's held-out protocol: greedy (τ = 0) low-confidence sampling of every prompt; with
+    temperature > 0, sampling at that temperature under fixed keys (`seed`), the same draws before and after."""
     def evaluate(params):
         rows = dllm.evaluate_settings(mcfg, params, vocab, prompts_NP, gen_length, [(steps, block, "low_confidence")],
-                                      score)
+                                      score, temperature=temperature, seed=seed)
         return rows[0]["scores"]
 
     return evaluate
@@ -98,12 +115,14 @@ def greedy_eval(mcfg, vocab: dllm.Vocab, prompts_NP: np.ndarray, gen_length: int
 def run_rl(config, *, task_name: str, mcfg, vocab: dllm.Vocab, sft_params, prompts: PromptSet,
            reward_fn: Callable[[int, np.ndarray], float], heldout_fn: Callable, gen_length: int,
            extra_summary: Optional[dict] = None) -> dict:
-    """RL from `sft_params` with config.loss / config.rl / config.rl_run / config.optim / config.trainer.
+    """RL from `sft_params` with config.rl (its loss) / config.rl_run / config.optim / config.trainer / config.lora.
 
     heldout_fn(params) -> dict with "reward" (the reference metric) and more held-out figures; it runs at step 0
     (before) and at the last step (after) as the trainer's eval_fn.
     """
-    rl_cfg: RLLossConfig = dataclasses.replace(config.rl, loss=config.loss, mask_id=vocab.mask)
+    # `config.loss` for configs that still carry a separate top-level loss field (spg_* use rl.loss + an alias)
+    rl_cfg: RLLossConfig = dataclasses.replace(config.rl, loss=getattr(config, "loss", config.rl.loss),
+                                               mask_id=vocab.mask)
     settings: RLSettings = config.rl_run
     mu = rl_cfg.inner_steps
     tcfg = dataclasses.replace(config.trainer, steps=settings.iterations * mu, updates_per_batch=mu)

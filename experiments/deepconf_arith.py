@@ -171,7 +171,7 @@ def sample_pool(c: Config, model: Model, params, problems: mc.Chains) -> dict:
         out["tokens"][i], out["conf"][i], out["lengths"][i] = tok, np.asarray(st.confidence), lengths
         out["logprobs"][i] = np.asarray(st.logprobs)
         out["ids"][i], out["valid"][i], out["ref"][i], out["n_answers"][i] = ids, valid, ref, len(keys)
-    out["correct"] = out["valid"] & (out["ids"] == out["ref"][:, None]) & (out["ref"][:, None] >= 0)
+    out["correct"] = out["valid"] & (out["ids"] == out["ref"][:, None])
     return out
 
 

@@ -100,6 +100,7 @@ class Config:
     lsp: LSPConfig = LSPConfig()
     iterations: int = 120
     lr: float = 3e-4  # a tiny-model LR instead of the paper's 3e-6 for 3B (a deviation, C2)
+    lr_warmup: int = 0  # linear warm-up of the RL learning rate over this many iterations (0: constant lr)
     temperature: float = 1.0
     sample_every: int = 20
     trainer: TrainerConfig = TrainerConfig(steps=0, log_every=1, checkpoint_every=10_000, progress=False,
@@ -112,6 +113,7 @@ class Config:
         check(self.iterations >= 2 and self.iterations % 2 == 0, "iterations must be even and ≥ 2 (lsp_grpo halves)")
         check(self.grpo_queries >= self.lsp.n_queries, "grpo_queries must be ≥ lsp.n_queries")
         check(self.lsp.group_size >= 2, "lsp.group_size must be ≥ 2 (a group of one has no advantage)")
+        check(self.lr > 0 and self.lr_warmup >= 0, "lr must be > 0 and lr_warmup ≥ 0")
 
     @property
     def arm_list(self) -> list[str]:
@@ -261,7 +263,8 @@ def self_play(c: Config, model: Model, start, ref, run_dir: str, seed: int, *, z
     source = LSPSource(model, lcfg, c.fmt, make_reward(c), ref, judge=make_judge(c) if lcfg.self_reward else None,
                        query_stats=make_query_stats(c), data_queries=data, sample_every=c.sample_every)
     host = jax.tree.map(np.asarray, start)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(c.lr))
+    lr = optax.linear_schedule(0.0, c.lr, c.lr_warmup) if c.lr_warmup > 0 else c.lr
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
     task = make_rl_task(model, None, opt, source, lambda key: jax.tree.map(jnp.asarray, host),
                         loss_fn=lsp_loss_fn(model, lcfg))
     result = train(tcfg, task, run_dir, seed=seed)

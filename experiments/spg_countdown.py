@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from experiments import _dllm_sft as dllm
 from experiments import _spg as spg
 from experiments import dllm_countdown_sft as sft_exp
-from jaxllm.config import check
 from jaxllm.optim import build
 from jaxllm.rewards import countdown_reward
-from jaxllm.rl import LOSSES, RLLossConfig
+from jaxllm.rl import RLLossConfig
 from jaxllm.rl.loop import PromptSet
 from jaxllm.rl.lora import LoraConfig
 from jaxllm.train import TrainerConfig, prepare_run_dir
@@ -44,7 +44,6 @@ SFT_DEFAULT = sft_exp.Config(settings="48:48:lc")
 class Config:
     run_dir: str = ""
     seed: int = 0
-    loss: str = "spg_mix"
     init_from: str = ""  # a dllm_countdown_sft run_dir; empty: train one first in <run_dir>/sft_run
     sft: sft_exp.Config = SFT_DEFAULT
     rl: RLLossConfig = RL_DEFAULT
@@ -54,10 +53,10 @@ class Config:
     lora: LoraConfig = LoraConfig()
     trainer: TrainerConfig = spg.RL_TRAINER
 
+    ALIASES: ClassVar[dict] = spg.ALIASES  # loss= is rl.loss (spg_mix | spg_eubo | spg_elbo | d1 | wd1)
+
     def __post_init__(self):
-        check(self.loss in LOSSES, f"loss={self.loss!r} is not one of {sorted(LOSSES)}")
-        check(self.sft.gen_length % self.rl.block_length == 0,
-              f"rl.block_length={self.rl.block_length} must divide sft.gen_length={self.sft.gen_length}")
+        spg.check_config(self)
 
 
 def run(config: Config) -> dict:

@@ -53,6 +53,9 @@ SMALL = {
     "spg_sudoku": TINY_DLLM + ["sft.settings=8:32:lc"],
     "spg_countdown": TINY_DLLM + ["sft.settings=12:48:lc"],
     "smollm_chat": ["max_new_tokens=4"],
+    "smollm_deepconf": ["categories=1*1", "questions_per_category=1", "pool=4", "slots=4", "budgets=4", "warmup=2",
+                        "repeats=2", "max_new_tokens=8", "window=2", "tail=2", "online_check_problems=1",
+                        "online_check_slots=2"],
     "smollm_rsparse": ["sparsities=0.5", "alpha_grid=1.0", "calib_windows=1", "search_windows=1", "eval_windows=1"],
     "smollm_galore": ["steps=2", "train_pairs=8", "eval_pairs=2", "answer_pairs=1", "max_new_tokens=4"],
 }

@@ -5,16 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+from tests.conftest import require_extra
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "docs" / "notebooks" / "quickstart.ipynb"
 
 
 def test_quickstart_notebook_executes(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
+    nbformat = require_extra("nbformat")
+    nbclient = require_extra("nbclient")
+    require_extra("ipykernel")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # The kernel is this interpreter (jupyter_client swaps the kernelspec's bare "python" for sys.executable);
     # it must import jaxllm and experiments from the checkout.

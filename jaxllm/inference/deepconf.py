@@ -409,7 +409,8 @@ def answer_ids(texts: Sequence[str], equivalence: str = "math", reference: Optio
 
     Ids number the distinct answer keys in order of first appearance (so id order = first-seen order);
     completions without an answer get id 0 and valid False. `reference` (e.g. the ground truth) is keyed the
-    same way; its id is -1 when no completion gave it.
+    same way; when no completion gave it, its id is len(keys), an id no completion has and no vote can win (a
+    vote's winner is a completion's id, or -1 when nothing voted), so "nobody found it" always scores wrong.
     """
     check_choice("equivalence", equivalence, ["math", "exact"])
     table: dict = {}
@@ -423,5 +424,5 @@ def answer_ids(texts: Sequence[str], equivalence: str = "math", reference: Optio
         valid[i] = True
     ref = -1
     if reference is not None:
-        ref = table.get(answer_key(reference, equivalence), -1)
+        ref = table.get(answer_key(reference, equivalence), len(table))
     return ids, valid, list(table), ref

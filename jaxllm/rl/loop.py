@@ -13,8 +13,9 @@ There is no second trainer. One RL iteration is one batch of `jaxllm.train.train
 
 so checkpoints (parameters, optimizer, RNG and the source's counters), resume after kill -9, the NaN stop,
 per-phase seconds and sharding over a data×fsdp mesh are the trainer's. The sampler and the reward are
-parameters of the source: IGPO (inpainted regrouping: a `sample_fn` that re-samples all-wrong groups with
-`fixed` hint tokens and returns a per-token loss weight in the batch) and Language Self-Play (an
+parameters of the source: IGPO (inpainted regrouping: a `regroup_fn`, called after scoring and before the
+advantages, that re-samples all-wrong groups with `fixed` hint tokens, swaps correct ones in and returns a
+per-token loss weight in the batch; `jaxllm.rl.igpo`) and Language Self-Play (an
 autoregressive `sample_fn` with a sequence log-prob loss) plug in as another `sample_fn` / `extras_fn` / loss,
 not another loop.
 
@@ -121,6 +122,9 @@ def safe_rewards(reward_fn: RewardFn, indices: np.ndarray, completions_BG: np.nd
 
 
 ExtrasFn = Callable[[Any, dict, jax.Array], dict]  # extras_fn(state, batch, rollout key) -> more batch arrays
+# regroup_fn(state, tokens [B, P+G] np.int32, rewards [B] np.float32, rows [B] prompt indices, key)
+#   -> (tokens, rewards, extra batch arrays {name: [B, ...]}, metrics {name: float}); see RolloutSource
+RegroupFn = Callable[[Any, np.ndarray, np.ndarray, np.ndarray, jax.Array], tuple[np.ndarray, np.ndarray, dict, dict]]
 
 
 class RolloutSource:
@@ -130,13 +134,18 @@ class RolloutSource:
     (group size, advantage normalisation, μ). model: needed for the logged ELBO / EUBO of each rollout batch
     and d1's φ_old / φ_ref. ref_params: the frozen reference of d1's KL (kl_beta > 0), e.g. the SFT start.
     extras_fn: more per-batch arrays (replaces the built-in d1 / bounds extras when given).
+    regroup_fn: called after scoring and before the advantages (IGPO's inpainted regrouping,
+    `jaxllm.rl.igpo.IGPORegrouper`): it may replace rows of the batch (tokens and their rewards, same shapes)
+    and add per-row arrays to the batch (e.g. a per-token loss weight) and metrics (logged under its own names).
+    The completion mask and the advantages are computed on what it returns.
 
     Host state (checkpointed with the parameters): the number of batches drawn and of failed rewards.
     """
 
     def __init__(self, sample_fn: SampleFn, reward_fn: RewardFn, prompts: PromptSet, rollout: RolloutConfig,
                  loss_cfg: rl_losses.RLLossConfig, *, model=None, ref_params=None,
-                 extras_fn: Optional[ExtrasFn] = None, log_bounds: bool = True):
+                 extras_fn: Optional[ExtrasFn] = None, log_bounds: bool = True,
+                 regroup_fn: Optional[RegroupFn] = None):
         tokens = np.asarray(prompts.tokens)
         if tokens.ndim != 2 or tokens.shape[0] < 1:
             raise ValueError(f"PromptSet.tokens must be [N ≥ 1, P], got shape {tokens.shape}")
@@ -147,15 +156,16 @@ class RolloutSource:
                              f"group_size={loss_cfg.group_size}")
         if rollout.prompts_per_batch > tokens.shape[0]:
             raise ValueError(f"{rollout.prompts_per_batch} prompts per batch but the PromptSet has {tokens.shape[0]}")
-        needs_model = extras_fn is None and (log_bounds or loss_cfg.loss == "d1")
+        ratio_loss = loss_cfg.loss in rl_losses.ONE_STEP_RATIO_LOSSES  # reads φ_old (and φ_ref) per inner step
+        needs_model = extras_fn is None and (log_bounds or ratio_loss)
         if needs_model and model is None:
             raise ValueError("RolloutSource needs `model` for the ELBO / EUBO metrics and d1's old log-probs "
                              "(or log_bounds=False with a loss other than d1)")
-        if loss_cfg.loss == "d1" and loss_cfg.kl_beta > 0 and ref_params is None and extras_fn is None:
-            raise ValueError(f"loss='d1' with kl_beta={loss_cfg.kl_beta} needs ref_params (the frozen reference)")
+        if ratio_loss and loss_cfg.kl_beta > 0 and ref_params is None and extras_fn is None:
+            raise ValueError(f"loss={loss_cfg.loss!r} with kl_beta={loss_cfg.kl_beta} needs ref_params (the frozen reference)")
         self.sample_fn, self.reward_fn, self.prompts, self.rollout = sample_fn, reward_fn, prompts, rollout
         self.loss_cfg, self.model, self.ref_params = loss_cfg, model, ref_params
-        self.extras_fn, self.log_bounds = extras_fn, log_bounds
+        self.extras_fn, self.log_bounds, self.regroup_fn = extras_fn, log_bounds, regroup_fn
         self.batches, self.reward_errors = 0, 0
         self._tokens = tokens.astype(np.int32)
 
@@ -181,12 +191,21 @@ class RolloutSource:
         tokens = np.asarray(jax.device_get(self.sample_fn(state.params, prompts, k_sample, lengths)))
         t1 = time.perf_counter()
         P = prompts.shape[1]
+        gen_len = tokens.shape[1] - P
         if tokens.ndim != 2 or tokens.shape[0] != cfg.batch_size or tokens.shape[1] <= P:
             raise ValueError(f"sample_fn returned tokens of shape {tokens.shape}; expected [B={cfg.batch_size}, "
                              f"P+G] with P={P} and G ≥ 1")
+        rewards, errors, first = safe_rewards(self.reward_fn, rows, tokens[:, P:])
+        regroup_batch, regroup_metrics = {}, {}
+        if self.regroup_fn is not None:  # e.g. IGPO: all-wrong groups re-sampled with hints, rows replaced
+            tokens, rewards, regroup_batch, regroup_metrics = self.regroup_fn(
+                state, tokens, rewards, rows, jax.random.fold_in(k_sample, 1))
+            tokens, rewards = np.asarray(tokens, np.int32), np.asarray(rewards, np.float32)
+            if tokens.shape != (cfg.batch_size, P + gen_len) or rewards.shape != (cfg.batch_size,):
+                raise ValueError(f"regroup_fn returned tokens {tokens.shape} and rewards {rewards.shape}; expected "
+                                 f"{(cfg.batch_size, P + gen_len)} and {(cfg.batch_size,)}")
         gen = tokens[:, P:]
         comp = completion_mask(gen, cfg.eos_id)
-        rewards, errors, first = safe_rewards(self.reward_fn, rows, gen)
         t2 = time.perf_counter()
         if errors:
             warnings.warn(f"RL batch {self.batches}: {errors}/{len(rows)} rewards failed and count as 0; first: {first}",
@@ -196,7 +215,7 @@ class RolloutSource:
 
         adv = group_advantages(jnp.asarray(rewards), G, self.loss_cfg.advantage_norm)
         batch = {"tokens": jnp.asarray(tokens, jnp.int32), "completion_mask": jnp.asarray(comp),
-                 "advantages": adv}
+                 "advantages": adv, **{k: jnp.asarray(v) for k, v in regroup_batch.items()}}
         if lengths is not None:
             mask, pos = left_padding_layout(lengths, P, tokens.shape[1])
             batch["attention_mask"], batch["positions"] = mask, pos
@@ -217,7 +236,8 @@ class RolloutSource:
                    "rollout/adv_max": float(a.max()), "rollout/adv_min": float(a.min()),
                    "rollout/completion_len": float(comp.sum(axis=1).mean()),
                    "rollout/reward_errors": float(errors), "rollout/reward_errors_total": float(self.reward_errors),
-                   "rollout/sample_s": t1 - t0, "rollout/reward_s": t2 - t1, "rollout/extras_s": t3 - t2, **bounds}
+                   "rollout/sample_s": t1 - t0, "rollout/reward_s": t2 - t1, "rollout/extras_s": t3 - t2, **bounds,
+                   **regroup_metrics}
         return SourceBatch(batch, metrics)
 
     def _builtin_extras(self, state, batch: dict, key: jax.Array) -> tuple[dict, dict]:
@@ -226,7 +246,7 @@ class RolloutSource:
         if self.log_bounds:  # the bounds SPG optimises, of this batch under the current policy, for every loss
             b = _rollout_bounds(self.model, cfg, state.params, batch, key)
             bounds = {"rollout/elbo": float(b.elbo), "rollout/eubo": float(b.eubo)}
-        if cfg.loss == "d1":
+        if cfg.loss in rl_losses.ONE_STEP_RATIO_LOSSES:
             keys = jnp.stack([update_key(state.rng, state.step + i) for i in range(mu)])  # [μ, 2]
             B = batch["tokens"].shape[0]
             # batch-major ([B, μ, ...]) so that the trainer can shard every leaf along the data axis
@@ -322,5 +342,5 @@ def check_trainer(trainer_cfg, loss_cfg: rl_losses.RLLossConfig) -> None:
     check(trainer_cfg.updates_per_batch == loss_cfg.inner_steps,
           f"trainer.updates_per_batch={trainer_cfg.updates_per_batch} must equal the loss's inner_steps="
           f"{loss_cfg.inner_steps} (μ updates per rollout batch)")
-    check(loss_cfg.loss != "d1" or trainer_cfg.grad_accum == 1,
-          "loss='d1' needs trainer.grad_accum=1 (its old log-probs are indexed by the update key)")
+    check(loss_cfg.loss not in rl_losses.ONE_STEP_RATIO_LOSSES or trainer_cfg.grad_accum == 1,
+          f"loss={loss_cfg.loss!r} needs trainer.grad_accum=1 (its old log-probs are indexed by the update key)")

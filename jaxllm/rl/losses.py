@@ -368,3 +368,95 @@ def make_loss(model, cfg: RLLossConfig) -> LossFn:
         return fn(model, cfg, params, batch, key)
 
     return loss_fn
+
+
+# ----------------------------------------------------------------------------------------------------------
+# IGPO (arXiv 2509.10396; facebookresearch/igpo `compute_loss`, dllm_rl.md §6): GRPO with clipping and a KL on
+# d1's one-step estimator, every token weighted by the rollout's `token_weight` [B, G] (IGPO's entropy filter,
+# `jaxllm.rl.igpo`: 0 on the hint tokens it drops, 1 elsewhere; absent = 1). The inpainted regrouping itself is
+# the rollout source's (`RolloutSource(regroup_fn=jaxllm.rl.igpo.IGPORegrouper(...))`), so it composes with
+# every loss; these losses add the per-token weight.
+
+ONE_STEP_RATIO_LOSSES = ("d1", "igpo", "igpo_gspo")  # losses that read φ_old (and φ_ref) per inner step
+
+
+def token_weight(batch: Batch) -> jax.Array:
+    """[B, G] float32: completion_mask × batch["token_weight"] (IGPO's entropy filter; 1 when absent)."""
+    comp = batch["completion_mask"].astype(jnp.float32)
+    return comp * batch["token_weight"].astype(jnp.float32) if "token_weight" in batch else comp
+
+
+def _igpo_grpo(model, cfg: RLLossConfig, params, batch: Batch, key: jax.Array, *, sequence_ratio: bool):
+    """IGPO's GRPO on the one-step estimator, loss = Σ ℓ_k w_k / Σ w_k (per group, then the mean over groups):
+
+        token ratio (paper, `loss=igpo`):       ρ_k = exp(φ_θ,k − φ_old,k)
+        sequence ratio (code, `loss=igpo_gspo`): ρ_k = s = exp(Σ_k w_k (φ_θ,k − φ_old,k) / Σ_k w_k)   (GSPO)
+        ℓ_k = −min(ρ_k A, clip(ρ_k, 1 − ε, 1 + ε) A) + β (exp(φ_ref − φ_θ) − (φ_ref − φ_θ) − 1)
+
+    w = completion_mask × token_weight. The public code divides the GSPO log-ratio sum by the full completion
+    width (256) and counts post-EOS tokens; here it is the mean over the weighted completion tokens (GSPO's
+    length normalisation). IGPO's clip is 0.2 / 0.2 and β = 0.01 (set cfg.clip_eps, cfg.kl_beta); its prompt is
+    never masked (cfg.p_mask_clean = 0).
+    """
+    if cfg.kl_beta > 0.0 and "ref_logps" not in batch:
+        raise ValueError(f"loss={cfg.loss!r} with kl_beta={cfg.kl_beta} needs batch['ref_logps'] [B, G] "
+                         f"(rollout_logps under the frozen reference), or kl_beta=0")
+    phi = one_step_token_logps(model, params, batch, key, cfg)
+    old = batch["old_logps"] if "old_logps" in batch else jax.lax.stop_gradient(phi)
+    w = token_weight(batch)
+    adv = batch["advantages"].astype(jnp.float32)[:, None]
+    if sequence_ratio:
+        log_s = jnp.sum(w * (phi - old), axis=1, keepdims=True) / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1.0)
+        ratio = jnp.broadcast_to(jnp.exp(log_s), phi.shape)
+    else:
+        ratio = jnp.exp(phi - old)
+    unclipped = ratio * adv
+    clipped = jnp.clip(ratio, 1.0 - cfg.clip_eps, 1.0 + cfg.clip_eps) * adv
+    per_token = -jnp.minimum(unclipped, clipped)
+    n_tok = jnp.maximum(jnp.sum(w), 1.0)
+    token_mean = lambda x: jnp.sum(x * w) / n_tok  # noqa: E731
+    comp = batch["completion_mask"].astype(jnp.float32)
+    metrics = {"ratio_mean": token_mean(ratio), "clip_frac": token_mean((clipped < unclipped).astype(jnp.float32)),
+               "logp_mean": token_mean(phi), "token_weight_frac": jnp.sum(w) / jnp.maximum(jnp.sum(comp), 1.0)}
+    if cfg.kl_beta > 0.0:
+        delta = batch["ref_logps"] - phi
+        kl = jnp.exp(delta) - delta - 1.0
+        per_token = per_token + cfg.kl_beta * kl
+        metrics["kl"] = token_mean(kl)
+    loss = weighted_mean(per_token, w, cfg.group_size, cfg.reduction)
+    return loss, {**_common_metrics(batch, loss), **metrics}
+
+
+def igpo_loss(model, cfg: RLLossConfig, params, batch: Batch, key: jax.Array) -> tuple[jax.Array, dict]:
+    """IGPO as the paper writes it: per-token GRPO ratio, clip, KL, entropy-filtered token weights."""
+    return _igpo_grpo(model, cfg, params, batch, key, sequence_ratio=False)
+
+
+def igpo_gspo_loss(model, cfg: RLLossConfig, params, batch: Batch, key: jax.Array) -> tuple[jax.Array, dict]:
+    """IGPO as the public code runs it (`use_gspo=true`): the GSPO sequence-level ratio, broadcast to tokens."""
+    return _igpo_grpo(model, cfg, params, batch, key, sequence_ratio=True)
+
+
+def igpo_spg_loss(model, cfg: RLLossConfig, params, batch: Batch, key: jax.Array) -> tuple[jax.Array, dict]:
+    """IGPO's entropy filter on the SPG mixture bound (`loss=igpo_spg_mix`, SPG's cfg.beta / cfg.omega): the
+    block-wise masks of `spg_bounds`, but a token enters the ELBO / EUBO sums only where w = completion_mask ×
+    token_weight > 0, and the sequence weight is Σ w; without `token_weight` it equals `spg_loss`."""
+    tokens, comp = batch["tokens"], batch["completion_mask"]
+    prompt_len = tokens.shape[1] - comp.shape[1]
+    w = token_weight(batch)
+    bm = diffusion.block_random_masks(key, prompt_len, comp, block_length=cfg.block_length,
+                                      num_samples=cfg.num_mask_draws, p_mask_clean=cfg.p_mask_clean)
+    logp = masked_token_logps(model, params, batch, bm.masked, cfg.mask_id)[..., prompt_len:]
+    loss_mask = bm.loss_mask & (w > 0)[None]
+    omega = cfg.omega
+    bounds = sequence_bounds(logp, loss_mask, 1.0 / jnp.maximum(bm.t_hat, _TINY), jnp.sum(w, axis=1),
+                             beta=cfg.beta if omega > 0.0 else None)
+    adv = batch["advantages"].astype(jnp.float32)
+    negative = bounds.elbo if omega == 0.0 else omega * bounds.eubo + (1.0 - omega) * bounds.elbo
+    bound = jnp.where(adv > 0, bounds.elbo, negative)
+    loss = weighted_mean(-adv * bound, jnp.sum(w, axis=1), cfg.group_size, cfg.reduction)
+    return loss, {**_common_metrics(batch, loss), "elbo_mean": jnp.mean(bounds.elbo), "bound_mean": jnp.mean(bound),
+                  "token_weight_frac": jnp.sum(w) / jnp.maximum(jnp.sum(comp.astype(jnp.float32)), 1.0)}
+
+
+LOSSES.update({"igpo": igpo_loss, "igpo_gspo": igpo_gspo_loss, "igpo_spg_mix": igpo_spg_loss})

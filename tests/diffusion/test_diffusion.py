@@ -18,6 +18,7 @@ import pytest
 
 from jaxllm import diffusion
 from jaxllm.models import Model, get_preset, init_params, left_padding_layout
+from tests.rl import toy as enum_toy
 
 V, MASK, L = 3, 3, 4
 N_IN = (V + 1) ** L
@@ -155,65 +156,64 @@ def test_pretrain_loss_expectation_is_minus_eps_elbo(toy):
     _assert_converges(samples, np.array([exact]), max_se=0.1)
 
 
-def _block_exact(logp, x, comp_len, prompt_len, block_length, p_clean):
-    """Exact expectation of one draw of SPG's block-wise ELBO (elbo_block with m = 1) by enumeration."""
-    G = len(x) - prompt_len
-    num_blocks = G // block_length
-    nb = max(-(-comp_len // block_length), 1)
-    total = 0.0
-    for b in range(nb):
-        p_b = sum(1 for k in range(num_blocks) if k % nb == b) / num_blocks
-        ml = min(block_length, comp_len - b * block_length)
-        valid = [prompt_len + b * block_length + j for j in range(ml)]
-        forced = [prompt_len + j for j in range(G) if j >= comp_len or j // block_length > b]
-        clean = list(range(prompt_len)) + [prompt_len + j for j in range(G) if j // block_length < b]
-        for n in range(1, ml + 1):
-            for sub in itertools.combinations(valid, n):
-                p_sub = p_b / ml / math.comb(ml, n)
-                for k in range(len(clean) + 1):
-                    for extra in itertools.combinations(clean, k):
-                        p = p_sub * p_clean ** k * (1 - p_clean) ** (len(clean) - k)
-                        M = set(sub) | set(forced) | set(extra)
-                        z = np.array(x)
-                        z[list(M)] = MASK
-                        idx = int(_index(z))
-                        counted = [i for i in M if prompt_len <= i < prompt_len + comp_len]
-                        total += p * sum(logp[idx, i, x[i]] for i in counted) / len(counted)
-    return total
+def _block_exact(logp, x, comp_len, prompt_len, block_length, p_clean, length=L):
+    """Exact expectation of one draw of SPG's block-wise ELBO (elbo_block with m = 1) by enumeration of every
+    outcome of `block_random_masks` (tests/rl/toy.py `block_draws`, shared with the RL bound tests)."""
+    model = enum_toy.TableModel(length=length, vocab=V)  # the same table indexing as `table_logits` at length 4
+    return enum_toy.block_limits(model, logp, x, comp_len, prompt_len, block_length, p_clean, beta=1.0)[0]
 
 
-def test_block_estimator_converges_to_exact_expectation(toy):
-    table, logp = toy
-    tp = table_params(table)
-    comp = np.array([[True, True, True], [True, False, False], [True, True, False]])
-    # prompt 1, completion 3 in blocks of 1 (3 blocks) with different completion lengths per row
-    samples = _replicates(lambda k: diffusion.elbo_block(table_logits, tp, k, jnp.asarray(SEQS), 1, jnp.asarray(comp), MASK,
-                                                         block_length=1, num_samples=1, p_mask_clean=0.15), R=2048)
-    exact = np.array([_block_exact(logp, x, int(c.sum()), 1, 1, 0.15) for x, c in zip(SEQS, comp)])
+# (sequence length, block length, completion lengths per row): prompt 1, completion L - 1 tokens. Blocks of 2-4
+# tokens make the in-block subset (n ~ U{1..ml}, then a uniform n-subset) and the clean-block noise non-trivial;
+# completion lengths that end inside a block exercise the partial last block (ml < block_length).
+BLOCK_CASES = [(4, 1, (3, 1, 2)), (4, 3, (3, 1, 2)), (5, 2, (4, 3, 1)), (5, 4, (4, 3, 2))]
+
+
+@pytest.mark.parametrize("length,block_length,comp_lens", BLOCK_CASES, ids=lambda c: str(c))
+def test_block_estimator_converges_to_exact_expectation(length, block_length, comp_lens):
+    """The MC mean of `elbo_block` (one draw per replicate, p_mask_clean = 0.15) equals its enumerated
+    expectation for blocks of 1 to 4 tokens and completions that end inside a block."""
+    model = enum_toy.TableModel(length=length, vocab=V)
+    table = enum_toy.random_table(model, seed=length)
+    logp = enum_toy.log_softmax(table)
+    seqs = np.random.default_rng(length).integers(0, V, size=(len(comp_lens), length)).astype(np.int32)
+    comp = np.arange(length - 1)[None] < np.array(comp_lens)[:, None]
+    tp = jnp.asarray(table, jnp.float32)
+    samples = _replicates(lambda k: diffusion.elbo_block(model, tp, k, jnp.asarray(seqs), 1, jnp.asarray(comp), MASK,
+                                                         block_length=block_length, num_samples=1, p_mask_clean=0.15),
+                          R=2048)
+    exact = np.array([_block_exact(logp, x, n, 1, block_length, 0.15, length) for x, n in zip(seqs, comp_lens)])
     _assert_converges(samples, exact, max_se=0.05)
 
 
 def test_block_masks_structure():
+    """Per row and draw: the chosen block holds completion tokens, 1..ml of its valid tokens are masked, later
+    blocks and post-EOS positions are masked, and the prompt and earlier blocks are masked at rate 0.15."""
     key = jax.random.PRNGKey(3)
-    B, P, G, bl = 64, 5, 32, 8
+    B, P, G, bl, p_clean = 2048, 5, 32, 8, 0.15
     lengths = jax.random.randint(jax.random.PRNGKey(4), (B,), 1, G + 1)
     comp = jnp.arange(G)[None] < lengths[:, None]
-    bm = diffusion.block_random_masks(key, P, comp, block_length=bl, num_samples=2, p_mask_clean=0.15)
-    masked, block = np.asarray(bm.masked), np.asarray(bm.block)
+    bm = diffusion.block_random_masks(key, P, comp, block_length=bl, num_samples=2, p_mask_clean=p_clean)
+    masked, block = np.asarray(bm.masked), np.asarray(bm.block)  # [2, B, P + G], [2, B]
     comp, lengths = np.asarray(comp), np.asarray(lengths)
-    noise = []
-    for s in range(2):
-        for b in range(B):
-            gen = masked[s, b, P:]
-            blk = block[s, b]
-            nb = -(-lengths[b] // bl)
-            assert 0 <= blk < nb
-            assert np.all(gen[~comp[b]]), "post-EOS positions are always masked"
-            assert np.all(gen[(blk + 1) * bl:]), "later blocks are fully masked"
-            in_blk = gen[blk * bl:(blk + 1) * bl][comp[b, blk * bl:(blk + 1) * bl]]
-            assert 1 <= in_blk.sum() <= len(in_blk)
-            noise.extend(masked[s, b, :P].tolist() + gen[:blk * bl].tolist())
-    assert abs(np.mean(noise) - 0.15) < 0.05, "prompt and clean blocks are lightly perturbed (p=0.15)"
+    gen = masked[..., P:]  # [2, B, G]
+    pos_block = np.arange(G) // bl
+    nb = -(-lengths // bl)
+    assert np.all((0 <= block) & (block < nb[None]))
+    assert np.all(gen[:, ~comp]), "post-EOS positions are always masked"
+    later = pos_block[None, None] > block[..., None]
+    assert np.all(gen[later]), "later blocks are fully masked"
+    in_blk = (pos_block[None, None] == block[..., None]) & comp[None]
+    n_masked = (gen & in_blk).sum(-1)
+    assert np.all((1 <= n_masked) & (n_masked <= in_blk.sum(-1)))
+    earlier = np.concatenate([np.ones((2, B, P), bool), pos_block[None, None] < block[..., None]], -1)
+    noise = masked[earlier]
+    # Each prompt / earlier-block position is masked independently w.p. 0.15, so the observed rate over n such
+    # positions is a binomial mean with standard error √(0.15·0.85/n); n = 43,056 here (SE = 0.0017). 5 SE
+    # (false alarm < 1e-6) is 0.0086: p_mask_clean = 0.14 or 0.16 gives z = 6.7 / 5.4 and fails (the old
+    # ±0.05 was 5 SE of its 64 rows, n ≈ 1,350: a rate of 0.11 or 0.19 passed it).
+    se = np.sqrt(p_clean * (1 - p_clean) / noise.size)
+    assert noise.size > 4e4 and abs(noise.mean() - p_clean) < 5 * se, (noise.mean(), noise.size, se)
     # two draws of a row use distinct blocks whenever the completion spans all blocks
     full = lengths == G
     assert np.all(block[0, full] != block[1, full])

@@ -9,6 +9,7 @@ import pytest
 
 from jaxllm.config import ConfigError
 from jaxllm.optim.muon import REFERENCE_NS_COEFFS, muon, muon_with_adam, newton_schulz
+from tests.conftest import require_extra
 
 
 def numpy_ns5(g):
@@ -108,7 +109,7 @@ def test_li2_reference_optimizers_are_the_references_updates():
 
 def test_adam_is_coupled_l2_like_torch():
     """AdamConfig (optax.chain(add_decayed_weights, adam)) equals torch Adam(weight_decay) for a few steps."""
-    torch = pytest.importorskip("torch")
+    torch = require_extra("torch")
     from jaxllm.optim import build
 
     rng = np.random.default_rng(0)

@@ -13,6 +13,7 @@ import pytest
 
 from jaxllm.config import ConfigError
 from jaxllm.optim import galore as gl
+from tests.conftest import require_extra
 
 # Parameters and gradients are standard normal (|w| up to ~4); 7 steps in fp32 through two LAPACK builds.
 PARITY_ATOL = 2e-5
@@ -23,7 +24,7 @@ def _canonical_torch_svd(monkeypatch):
     each column of U positive, Vh flipped with it: still an exact SVD). Without this, MKL (torch) and
     jaxlib's LAPACK pick opposite signs on some tall matrices and the kept moments diverge at the first
     refresh. Everything else in galore-torch runs unmodified."""
-    torch = pytest.importorskip("torch")
+    torch = require_extra("torch")
     svd = torch.linalg.svd
 
     def canon(a, full_matrices=True):
@@ -78,7 +79,7 @@ def _problem(shape, steps=7, seed=0):
 
 
 def _check_parity(monkeypatch, shape, r, gap, alpha, eps, wd, side, lr=0.01, steps=7):
-    pytest.importorskip("galore_torch")
+    require_extra("galore_torch")
     _canonical_torch_svd(monkeypatch)
     w0, grads = _problem(shape, steps)
     ref = _torch_trajectory(w0, grads, r, gap, alpha, eps, wd, side, lr)

@@ -1,6 +1,8 @@
-"""The galore_pretrain experiment runs end to end (tiny, few steps) and writes its summary and plot."""
+"""The galore_pretrain experiment runs end to end (tiny) and every optimizer it compares trains the model; it
+writes its summary and plot."""
 
 import json
+import math
 
 import pytest
 
@@ -9,17 +11,23 @@ from jaxllm.config import ConfigError, apply_overrides
 
 @pytest.mark.slow
 def test_galore_pretrain_smoke(tmp_path):
+    """Each optimizer (AdamW, GaLore SVD, GaLore 2 randomized, Muon) takes the held-out loss at least 0.5 nats
+    below ln V, the loss of the uniform predictor (≈ the loss at init, whose logits are near zero), in 30 steps
+    (measured: 3.60-3.65 vs ln 100 = 4.61); an optimizer that does not move the weights stays at ≈ ln V and
+    fails. GaLore's optimizer state is smaller than AdamW's. ~4 min on 2 loaded cores."""
     from experiments import galore_pretrain as gp
+    from jaxllm.data.tokenizers import CharTokenizer
 
     cfg = apply_overrides(gp.Config(), [
         "model.d_model=32", "model.n_layers=1", "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=32",
-        "seq_len=32", "batch_size=4", "steps=6", "docs_per_source=40", "eval_docs_per_source=5", "galore.rank=4",
+        "seq_len=32", "batch_size=4", "steps=30", "docs_per_source=40", "eval_docs_per_source=5", "galore.rank=4",
         "galore.update_proj_gap=2", "ablations=false", f"run_dir={tmp_path}"])
     summary = gp.run(cfg)
+    uniform = math.log(CharTokenizer().vocab_size)
     for name in ("adamw", "galore_svd", "galore2_randomized", "muon"):
-        assert summary[f"{name}/eval_loss"] > 0
+        assert summary[f"{name}/eval_loss"] < uniform - 0.5, (name, summary[f"{name}/eval_loss"], uniform)
     assert summary["galore_svd/opt_state_bytes"] < summary["adamw/opt_state_bytes"]
-    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 6
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 30
     assert (tmp_path / "plots" / "loss_curves.png").exists()
 
 

@@ -201,20 +201,22 @@ def test_random_t_estimators_converge_to_exact_elbo_and_eubo(random_model):
     _assert_mc_converges(samples, exact_elbo, exact_eubo)
 
 
-def test_block_estimators_converge_to_exact_limits(random_model):
+@pytest.mark.parametrize("block_length", [1, 3])
+def test_block_estimators_converge_to_exact_limits(random_model, block_length):
     """SPG's block-wise masks (1/t̂ weights, length-normalised, prompt and clean blocks perturbed w.p. 0.15),
-    rows with 3, 1 and 2 completion tokens in blocks of 1: the estimators converge to their enumerated limits."""
+    rows with 3, 1 and 2 completion tokens in blocks of 1 (clean earlier blocks) and of 3 (one block: a uniform
+    n ~ U{1..ml} subset of it masked): the estimators converge to their enumerated limits."""
     table, lp, _ = random_model
     beta, p_clean = 1.5, 0.15
     comp = np.array([[True, True, True], [True, False, False], [True, True, False]])
     N = R * M_GRID[-1] * len(SEQS)
     # i.i.d. draws: one draw (m = 1) per tiled row (a single row's m draws would use distinct blocks, m ≤ blocks)
     comp_N = jnp.tile(jnp.asarray(comp), (N // len(SEQS), 1))
-    bm = jax.jit(lambda k, c: diffusion.block_random_masks(k, PROMPT, c, block_length=1, num_samples=1,
+    bm = jax.jit(lambda k, c: diffusion.block_random_masks(k, PROMPT, c, block_length=block_length, num_samples=1,
                                                            p_mask_clean=p_clean))(jax.random.PRNGKey(7), comp_N)
     samples = _mc_table(jnp.asarray(table, jnp.float32), jnp.asarray(SEQS), bm.masked[0], bm.loss_mask[0],
                         1.0 / bm.t_hat[0], jnp.asarray(comp.sum(1)), beta, length_normalise=True)
-    limits = np.array([toy.block_limits(MODEL, lp, x, int(c.sum()), PROMPT, 1, p_clean, beta)
+    limits = np.array([toy.block_limits(MODEL, lp, x, int(c.sum()), PROMPT, block_length, p_clean, beta)
                        for x, c in zip(SEQS, comp)])
     _assert_mc_converges(samples, limits[:, 0], limits[:, 1])
 

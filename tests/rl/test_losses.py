@@ -210,7 +210,10 @@ def test_wd1_loss_matches_hand_computation_and_is_flat_for_equal_advantages(para
 # ---- every loss: jit, metrics, errors ----------------------------------------------------------------------
 
 EXPECTED_METRICS = {"spg_mix": {"elbo_mean", "eubo_mean"}, "spg_eubo": {"eubo_mean"}, "spg_elbo": {"elbo_mean"},
-                    "d1": {"ratio_mean", "clip_frac", "kl"}, "wd1": {"seq_logp_mean"}}
+                    "d1": {"ratio_mean", "clip_frac", "kl"}, "wd1": {"seq_logp_mean"},
+                    "igpo": {"ratio_mean", "clip_frac", "kl", "token_weight_frac"},
+                    "igpo_gspo": {"ratio_mean", "clip_frac", "kl", "token_weight_frac"},
+                    "igpo_spg_mix": {"elbo_mean", "token_weight_frac"}}
 
 
 def test_registry_lists_every_loss():
@@ -222,7 +225,8 @@ def test_registry_lists_every_loss():
 def test_every_loss_is_pure_and_jittable(params, batch, name):
     """jit(loss_fn) equals the eager call; the gradient is finite and non-zero; the documented metrics exist."""
     cfg = cfg_for(name)
-    b = {**batch, "ref_logps": one_step_token_logps(MODEL, params, batch, KEY, cfg)} if name == "d1" else batch
+    b = ({**batch, "ref_logps": one_step_token_logps(MODEL, params, batch, KEY, cfg)}
+         if name in ("d1", "igpo", "igpo_gspo") else batch)
     loss_fn = make_loss(MODEL, cfg)
     eager = loss_fn(params, b, KEY)
     (loss, metrics), grad = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, b, KEY)
