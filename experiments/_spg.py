@@ -7,7 +7,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ from jaxllm.rl.loop import (
     make_rl_task,
 )
 from jaxllm.rl.lora import LoraConfig, LoraLinear, add_lora, lora_logical_axes, lora_optimizer, merge_lora
+from jaxllm.rl.losses import ONE_STEP_RATIO_LOSSES
 from jaxllm.sampling.diffusion import DiffusionSamplerConfig
 from jaxllm.train import TrainerConfig, save_figure, train, write_summary
 from jaxllm.train.checkpoint import Checkpointer
@@ -112,30 +113,42 @@ def greedy_eval(mcfg, vocab: dllm.Vocab, prompts_NP: np.ndarray, gen_length: int
     return evaluate
 
 
-def run_rl(config, *, task_name: str, mcfg, vocab: dllm.Vocab, sft_params, prompts: PromptSet,
-           reward_fn: Callable[[int, np.ndarray], float], heldout_fn: Callable, gen_length: int,
-           extra_summary: Optional[dict] = None) -> dict:
-    """RL from `sft_params` with config.rl (its loss) / config.rl_run / config.optim / config.trainer / config.lora.
+class RLRun(NamedTuple):
+    history: list  # the trainer's rows
+    seconds: float  # wall-clock of the RL part (held-out evaluations included)
+    trainer: TrainerConfig  # as run: steps = iterations · μ
+    loss: RLLossConfig  # as run (loss name and mask id filled in)
 
-    heldout_fn(params) -> dict with "reward" (the reference metric) and more held-out figures; it runs at step 0
-    (before) and at the last step (after) as the trainer's eval_fn.
-    """
-    # `config.loss` for configs that still carry a separate top-level loss field (spg_* use rl.loss + an alias)
+
+# regroup(model, sampler config, loss config) -> a RolloutSource regroup_fn (IGPO's inpainting), or None
+RegroupFactory = Callable[[Model, DiffusionSamplerConfig, RLLossConfig], Callable]
+
+
+def train_rl(config, *, mcfg, vocab: dllm.Vocab, sft_params, prompts: PromptSet,
+             reward_fn: Callable[[int, np.ndarray], float], heldout_fn: Callable, gen_length: int,
+             eval_every_iterations: int = 0, regroup: Optional[RegroupFactory] = None,
+             log_bounds: bool = True) -> RLRun:
+    """RL from `sft_params` through the one trainer with config.rl (config.loss where the config has one) /
+    config.rl_run / config.optim / config.trainer / config.lora: the rollout source (diffusion sampler,
+    `reward_fn`, optional `regroup`), LoRA or full fine-tuning, `heldout_fn` as the trainer's eval_fn (step 0,
+    every `eval_every_iterations` iterations when > 0, and the last step)."""
     rl_cfg: RLLossConfig = dataclasses.replace(config.rl, loss=getattr(config, "loss", config.rl.loss),
                                                mask_id=vocab.mask)
     settings: RLSettings = config.rl_run
     mu = rl_cfg.inner_steps
-    tcfg = dataclasses.replace(config.trainer, steps=settings.iterations * mu, updates_per_batch=mu)
+    tcfg = dataclasses.replace(config.trainer, steps=settings.iterations * mu, updates_per_batch=mu,
+                               eval_every=eval_every_iterations * mu or config.trainer.eval_every)
     check_trainer(tcfg, rl_cfg)
     lora: LoraConfig = config.lora
     model = Model(mcfg, linear=LoraLinear(lora.scale)) if lora.rank else Model(mcfg)
-    sampler = diffusion_sampler(model, DiffusionSamplerConfig(
-        gen_length=gen_length, block_length=settings.sample_block, steps=settings.sample_steps, mask_id=vocab.mask,
-        temperature=settings.temperature))
+    scfg = DiffusionSamplerConfig(gen_length=gen_length, block_length=settings.sample_block,
+                                  steps=settings.sample_steps, mask_id=vocab.mask, temperature=settings.temperature)
     rollout = RolloutConfig(batch_size=settings.prompts_per_batch * rl_cfg.group_size, group_size=rl_cfg.group_size,
                             eos_id=vocab.eos)
-    source = RolloutSource(sampler, reward_fn, prompts, rollout, rl_cfg, model=model,
-                           ref_params=sft_params if rl_cfg.loss == "d1" and rl_cfg.kl_beta > 0 else None)
+    needs_ref = rl_cfg.loss in ONE_STEP_RATIO_LOSSES and rl_cfg.kl_beta > 0
+    source = RolloutSource(diffusion_sampler(model, scfg), reward_fn, prompts, rollout, rl_cfg, model=model,
+                           ref_params=sft_params if needs_ref else None,
+                           regroup_fn=regroup(model, scfg, rl_cfg) if regroup else None, log_bounds=log_bounds)
     start = jax.tree.map(np.asarray, sft_params)  # host copy: init_params is traced by the trainer
     optimizer, axes = config.optim.build(tcfg.steps), logical_axes(mcfg)
     if lora.rank:  # LoRA factors on the SFT weights; only the factors train; evaluation on merged weights
@@ -147,8 +160,21 @@ def run_rl(config, *, task_name: str, mcfg, vocab: dllm.Vocab, sft_params, promp
     task = make_rl_task(model, rl_cfg, optimizer, source, init, logical_axes=axes, eval_fn=evaluate)
     t0 = time.perf_counter()
     result = train(tcfg, task, f"{config.run_dir}/rl", seed=config.seed)
-    seconds = time.perf_counter() - t0
-    hist = result.history
+    return RLRun(result.history, time.perf_counter() - t0, tcfg, rl_cfg)
+
+
+def run_rl(config, *, task_name: str, mcfg, vocab: dllm.Vocab, sft_params, prompts: PromptSet,
+           reward_fn: Callable[[int, np.ndarray], float], heldout_fn: Callable, gen_length: int,
+           extra_summary: Optional[dict] = None) -> dict:
+    """RL from `sft_params` (`train_rl`), then summary.json and the reward plot.
+
+    heldout_fn(params) -> dict with "reward" (the reference metric) and more held-out figures; it runs at step 0
+    (before) and at the last step (after) as the trainer's eval_fn.
+    """
+    run = train_rl(config, mcfg=mcfg, vocab=vocab, sft_params=sft_params, prompts=prompts, reward_fn=reward_fn,
+                   heldout_fn=heldout_fn, gen_length=gen_length)
+    hist, seconds, tcfg, rl_cfg, settings = run.history, run.seconds, run.trainer, run.loss, config.rl_run
+    mu = rl_cfg.inner_steps
     before = next(h for h in hist if h["step"] == 0)
     after = hist[-1]
     per_batch = [h for h in hist if "rollout/reward_mean" in h and h["step"] % mu == 0]

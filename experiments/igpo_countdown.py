@@ -20,12 +20,9 @@ accuracy every `heldout_every` iterations. summary.json: heldout_reward_before /
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments import _dllm_sft as dllm
@@ -33,23 +30,15 @@ from experiments import _spg as spg
 from experiments import dllm_countdown_sft as sft_exp
 from jaxllm.config import check
 from jaxllm.data.tasks import countdown
-from jaxllm.models import Model, logical_axes
 from jaxllm.optim import build
 from jaxllm.rewards import countdown_reward
 from jaxllm.rl import LOSSES, RLLossConfig
 from jaxllm.rl.igpo import HintTrace, IGPOConfig, IGPORegrouper, diffusion_inpainter
 from jaxllm.rl.loop import (
     PromptSet,
-    RolloutConfig,
-    RolloutSource,
-    check_trainer,
-    diffusion_sampler,
-    make_rl_task,
 )
-from jaxllm.rl.lora import LoraConfig, LoraLinear, add_lora, lora_logical_axes, lora_optimizer, merge_lora
-from jaxllm.rl.losses import ONE_STEP_RATIO_LOSSES
-from jaxllm.sampling.diffusion import DiffusionSamplerConfig
-from jaxllm.train import TrainerConfig, prepare_run_dir, save_figure, train, write_summary
+from jaxllm.rl.lora import LoraConfig
+from jaxllm.train import TrainerConfig, prepare_run_dir, save_figure, write_summary
 
 # IGPO's loss settings (dllm_rl.md §6.2: clip 0.2/0.2, KL β 0.01, prompt never masked, μ = 4) with d1's
 # one-step estimator; group 6 as the SPG experiments (the code: 8); SPG's blocks only matter for igpo_spg_mix.
@@ -99,39 +88,18 @@ def run_igpo(config, *, task_name: str, mcfg, vocab: dllm.Vocab, sft_params, pro
              heldout_fn: Callable, gen_length: int, extra_summary: Optional[dict] = None) -> dict:
     """RL from `sft_params` through the one loop, with IGPO's regrouping (config.igpo) as its regroup_fn.
 
-    Mirrors `experiments._spg.run_rl` (which builds its RolloutSource without a regroup_fn) and reuses its
-    parts: RLSettings, the SFT start, the held-out protocol."""
-    rl_cfg: RLLossConfig = dataclasses.replace(config.rl, loss=config.loss, mask_id=vocab.mask)
-    settings: spg.RLSettings = config.rl_run
+    The run is `experiments._spg.train_rl` (the SPG experiments' loop, SFT start and held-out protocol) with
+    IGPO's regroup_fn; only the summary and the plot are IGPO's."""
+    def regroup(model, scfg, rl_cfg):
+        return IGPORegrouper(config.igpo, model=model, mask_id=vocab.mask, gen_length=gen_length,
+                             group_size=rl_cfg.group_size, inpaint_fn=diffusion_inpainter(model, scfg),
+                             reward_fn=reward_fn, hints=hints, eos_id=vocab.eos, prompt_lengths=prompts.lengths)
+
+    run = spg.train_rl(config, mcfg=mcfg, vocab=vocab, sft_params=sft_params, prompts=prompts, reward_fn=reward_fn,
+                       heldout_fn=heldout_fn, gen_length=gen_length, eval_every_iterations=config.heldout_every,
+                       regroup=regroup, log_bounds=False)
+    hist, seconds, tcfg, rl_cfg, settings = run.history, run.seconds, run.trainer, run.loss, config.rl_run
     mu = rl_cfg.inner_steps
-    tcfg = dataclasses.replace(config.trainer, steps=settings.iterations * mu, updates_per_batch=mu,
-                               eval_every=config.heldout_every * mu)
-    check_trainer(tcfg, rl_cfg)
-    lora: LoraConfig = config.lora
-    model = Model(mcfg, linear=LoraLinear(lora.scale)) if lora.rank else Model(mcfg)
-    scfg = DiffusionSamplerConfig(gen_length=gen_length, block_length=settings.sample_block,
-                                  steps=settings.sample_steps, mask_id=vocab.mask, temperature=settings.temperature)
-    regroup = IGPORegrouper(config.igpo, model=model, mask_id=vocab.mask, gen_length=gen_length,
-                            group_size=rl_cfg.group_size, inpaint_fn=diffusion_inpainter(model, scfg),
-                            reward_fn=reward_fn, hints=hints, eos_id=vocab.eos, prompt_lengths=prompts.lengths)
-    rollout = RolloutConfig(batch_size=settings.prompts_per_batch * rl_cfg.group_size, group_size=rl_cfg.group_size,
-                            eos_id=vocab.eos)
-    needs_ref = rl_cfg.loss in ONE_STEP_RATIO_LOSSES and rl_cfg.kl_beta > 0
-    source = RolloutSource(diffusion_sampler(model, scfg), reward_fn, prompts, rollout, rl_cfg, model=model,
-                           ref_params=sft_params if needs_ref else None, regroup_fn=regroup, log_bounds=False)
-    start = jax.tree.map(np.asarray, sft_params)
-    optimizer, axes = config.optim.build(tcfg.steps), logical_axes(mcfg)
-    if lora.rank:
-        init = lambda key: add_lora(jax.tree.map(jnp.asarray, start), lora, key)  # noqa: E731
-        optimizer, axes = lora_optimizer(optimizer), lora_logical_axes(axes, lora)
-        evaluate = lambda p: heldout_fn(merge_lora(p, lora))  # noqa: E731
-    else:
-        init, evaluate = (lambda key: jax.tree.map(jnp.asarray, start)), heldout_fn
-    task = make_rl_task(model, rl_cfg, optimizer, source, init, logical_axes=axes, eval_fn=evaluate)
-    t0 = time.perf_counter()
-    result = train(tcfg, task, f"{config.run_dir}/rl", seed=config.seed)
-    seconds = time.perf_counter() - t0
-    hist = result.history
     before = next(h for h in hist if h["step"] == 0 and "eval/reward" in h)
     after = hist[-1]
     per_batch = [h for h in hist if "igpo/all_wrong_share" in h and h["step"] % mu == 0]
