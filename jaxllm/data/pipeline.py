@@ -56,51 +56,25 @@ def _handle_bad(msg: str, on_error: str, bad: list):
 def read_jsonl(path: str | Path, fields: Sequence[str] = ("text",), on_error: str = "raise") -> tuple[list[dict], int]:
     """Rows of a jsonl file with string `fields`. `on_error="raise"` stops at the first bad row naming it;
     `"skip"` drops bad rows, logs how many (with the first reason) and returns their count."""
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error={on_error!r} not in ['raise', 'skip']")
-    rows, bad = [], []
-    with open(path, encoding="utf-8") as fh:
-        for i, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{i}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                _handle_bad(f"{where}: not valid JSON ({e.msg})", on_error, bad)
-                continue
-            err = _check_row(row, fields, where)
-            if err:
-                _handle_bad(err, on_error, bad)
-                continue
-            rows.append({f: row[f] for f in fields})
-    if bad:
-        log.warning("%s: skipped %d bad rows (first: %s)", path, len(bad), bad[0])
-    return rows, len(bad)
+    _check_on_error(on_error)
+    return _read_jsonl_rows(Path(path), 0, None, fields, on_error)
 
 
 def read_parquet(path: str | Path, fields: Sequence[str] = ("text",), on_error: str = "raise") -> tuple[list[dict], int]:
     """Rows of a parquet file with string columns `fields` (null / non-string values are bad rows)."""
-    import pyarrow.parquet as pq
+    _check_on_error(on_error)
+    return _read_parquet_rows(Path(path), 0, None, fields, on_error)
 
+
+def _check_on_error(on_error: str) -> None:
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error={on_error!r} not in ['raise', 'skip']")
-    table = pq.read_table(path)
-    missing = [f for f in fields if f not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing} (has {table.column_names})")
-    cols = {f: table.column(f).to_pylist() for f in fields}
-    rows, bad = [], []
-    for i in range(table.num_rows):
-        row = {f: cols[f][i] for f in fields}
-        err = _check_row(row, fields, f"{path}: row {i}")
-        if err:
-            _handle_bad(err, on_error, bad)
-            continue
-        rows.append(row)
+
+
+def _warn_skipped(path: Path, lo: int, hi: Optional[int], bad: list) -> None:
     if bad:
-        log.warning("%s: skipped %d bad rows (first: %s)", path, len(bad), bad[0])
-    return rows, len(bad)
+        span = "" if hi is None else f" rows {lo}..{hi - 1}"
+        log.warning("%s%s: skipped %d bad rows (first: %s)", path, span, len(bad), bad[0])
 
 
 def read_documents(path: str | Path, fields: Sequence[str] = ("text",), on_error: str = "raise") -> tuple[list[dict], int]:
@@ -378,7 +352,7 @@ def read_shard(paths: Sequence[str | Path], shard: tuple[int, int] = (0, 1), fie
     return rows, n_bad
 
 
-def _read_jsonl_rows(path: Path, lo: int, hi: int, fields, on_error) -> tuple[list[dict], int]:
+def _read_jsonl_rows(path: Path, lo: int, hi: Optional[int], fields, on_error) -> tuple[list[dict], int]:
     rows, bad, k = [], [], -1
     with open(path, encoding="utf-8") as fh:
         for i, line in enumerate(fh, start=1):
@@ -387,7 +361,7 @@ def _read_jsonl_rows(path: Path, lo: int, hi: int, fields, on_error) -> tuple[li
             k += 1
             if k < lo:
                 continue
-            if k >= hi:
+            if hi is not None and k >= hi:
                 break
             where = f"{path}:{i}"
             try:
@@ -400,18 +374,19 @@ def _read_jsonl_rows(path: Path, lo: int, hi: int, fields, on_error) -> tuple[li
                 _handle_bad(err, on_error, bad)
                 continue
             rows.append({f: row[f] for f in fields})
-    if bad:
-        log.warning("%s rows %d..%d: skipped %d bad rows (first: %s)", path, lo, hi - 1, len(bad), bad[0])
+    _warn_skipped(path, lo, hi, bad)
     return rows, len(bad)
 
 
-def _read_parquet_rows(path: Path, lo: int, hi: int, fields, on_error) -> tuple[list[dict], int]:
+def _read_parquet_rows(path: Path, lo: int, hi: Optional[int], fields, on_error) -> tuple[list[dict], int]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
     missing = [f for f in fields if f not in pf.schema_arrow.names]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing} (has {pf.schema_arrow.names})")
+    full = hi is None
+    hi = pf.metadata.num_rows if full else hi
     groups, first, at = [], None, 0
     for g in range(pf.metadata.num_row_groups):  # only the row groups overlapping [lo, hi)
         n = pf.metadata.row_group(g).num_rows
@@ -419,6 +394,8 @@ def _read_parquet_rows(path: Path, lo: int, hi: int, fields, on_error) -> tuple[
             groups.append(g)
             first = at if first is None else first
         at += n
+    if not groups:  # an empty file (a shard span is never empty)
+        return [], 0
     table = pf.read_row_groups(groups, columns=list(fields)).slice(lo - first, hi - lo)
     cols = {f: table.column(f).to_pylist() for f in fields}
     rows, bad = [], []
@@ -429,8 +406,7 @@ def _read_parquet_rows(path: Path, lo: int, hi: int, fields, on_error) -> tuple[
             _handle_bad(err, on_error, bad)
             continue
         rows.append(row)
-    if bad:
-        log.warning("%s rows %d..%d: skipped %d bad rows (first: %s)", path, lo, hi - 1, len(bad), bad[0])
+    _warn_skipped(path, lo, hi, bad)
     return rows, len(bad)
 
 
