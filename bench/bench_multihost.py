@@ -142,6 +142,8 @@ def main(argv: list[str]) -> None:
     times: dict[str, dict[str, list[float]]] = {name: {} for name in layouts}
     info: dict[str, dict] = {}
     deadline = time.monotonic() + LIMIT_S
+    if opts.get("tmp"):
+        Path(opts["tmp"]).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=opts.get("tmp")) as tmp:
         procs, logs = [], []
         for tag in layouts.values():
@@ -244,8 +246,8 @@ def write_doc(times: dict, info: dict, opts: dict, args: list[str], note: str = 
             f"Per-repeat ratio of update time, 2x2 / 1x4: median {statistics.median(ratios):.2f} "
             f"(range {min(ratios):.2f}–{max(ratios):.2f}, n={len(ratios)}). Losses of the two layouts on the same "
             f"batch, update by update: largest difference {worst:.2g} (float32 reduction order).\n\n"
-            f"Load average when the table was written: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (`{uptime}`); "
-            f"the machine (2 cores, 23 GiB) was shared with other jobs.\n")
+            f"Load average when the table was written: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (`{uptime}`; the benchmark's own "
+            f"three processes count in it).\n")
     doc = DOC.read_text() if DOC.exists() else f"{START}\n{END}\n"
     if START not in doc:
         doc += f"\n{START}\n{END}\n"
