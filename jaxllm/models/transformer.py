@@ -36,6 +36,8 @@ import jax.numpy as jnp
 from jaxllm.config import ConfigError
 
 Params = dict[str, Any]
+# remat names -> jax.checkpoint policy (None = no remat)
+REMAT_POLICIES = {"none": None, "full": "nothing_saveable", "dots": "dots_with_no_batch_dims_saveable"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +62,10 @@ class TransformerConfig:
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"
+    # Training-time memory options (they change no forward value):
+    logits_chunk: int = 0  # LM-head + CE of next_token_loss in chunks of this many positions (jaxllm.models.lm_head);
+    #                        0 = only when a batch's float32 logits exceed 64 MiB, -1 = never
+    remat: str = "none"  # "none" | "full" (recompute each layer in the backward pass) | "dots" (keep matmul outputs)
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
@@ -81,6 +87,10 @@ class TransformerConfig:
             raise ConfigError(f"dropout={self.dropout} must lie in [0, 1)")
         if self.mask_token_id is not None and not 0 <= self.mask_token_id < self.vocab_size:
             raise ConfigError(f"mask_token_id={self.mask_token_id} outside the vocabulary [0, {self.vocab_size})")
+        if self.remat not in REMAT_POLICIES:
+            raise ConfigError(f"TransformerConfig.remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}")
+        if self.logits_chunk < -1:
+            raise ConfigError(f"TransformerConfig.logits_chunk={self.logits_chunk} must be > 0, 0 (auto) or -1 (off)")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in ("float32", "bfloat16", "float16", "float64"):
                 raise ConfigError(f"TransformerConfig.{name}={getattr(self, name)!r} is not a float dtype name")
@@ -431,21 +441,27 @@ def forward(
         mask = mask & same
     new_cache = {} if cache is not None else None
     hiddens, attns = [], []
-    for i in range(cfg.n_layers):
-        lp = params[f"layer_{i}"]
-        if return_layer_hiddens:
-            hiddens.append(x)
-        attn_rng = resid_rng = None
-        if rngs[0] is not None:
-            attn_rng, resid_rng = jax.random.split(rngs[2 * i])
-        layer_cache = None if cache is None else cache[f"layer_{i}"]
+
+    def block(x, lp, layer_cache, attn_rng, resid_rng, mlp_rng, i):
         a, c, info = attention(
             cfg, lp["attn"], apply_norm(cfg, lp["attn_norm"], x), positions, mask, layer_cache, offset,
             attn_rng, return_attention, linear, f"layer_{i}/attn",
         )
         x = x + _dropout(a, cfg.dropout, resid_rng)
         m = mlp(cfg, lp["mlp"], apply_norm(cfg, lp["mlp_norm"], x), linear, f"layer_{i}/mlp")
-        x = x + _dropout(m, cfg.dropout, rngs[2 * i + 1])
+        return x + _dropout(m, cfg.dropout, mlp_rng), c, info
+
+    policy = REMAT_POLICIES[cfg.remat]
+    if policy is not None and cache is None and not return_attention:  # remat: training passes only
+        block = jax.checkpoint(block, policy=getattr(jax.checkpoint_policies, policy), static_argnums=(6,))
+    for i in range(cfg.n_layers):
+        if return_layer_hiddens:
+            hiddens.append(x)
+        attn_rng = resid_rng = None
+        if rngs[0] is not None:
+            attn_rng, resid_rng = jax.random.split(rngs[2 * i])
+        layer_cache = None if cache is None else cache[f"layer_{i}"]
+        x, c, info = block(x, params[f"layer_{i}"], layer_cache, attn_rng, resid_rng, rngs[2 * i + 1], i)
         if cache is not None:
             new_cache[f"layer_{i}"] = c
         if return_attention:

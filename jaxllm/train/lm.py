@@ -16,25 +16,51 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxllm.models import lm_head
 from jaxllm.models import transformer as tfm
 from jaxllm.models.model import Model, as_model
 from jaxllm.train.trainer import Task
 
 
+def _forward(model: Model, params, batch: dict, rng, compute_logits: bool = True):
+    tokens = batch["tokens"]
+    return model.forward(params, tokens[:, :-1], positions=_cut(batch.get("positions")),
+                         segment_ids=_cut(batch.get("segment_ids")), attention_mask=_cut(batch.get("attention_mask")),
+                         dropout_rng=rng, compute_logits=compute_logits)
+
+
+def _weights(batch: dict) -> jax.Array:
+    mask = batch.get("loss_mask")
+    shape = batch["tokens"][:, 1:].shape
+    return jnp.ones(shape, jnp.float32) if mask is None else mask[:, 1:].astype(jnp.float32)
+
+
 def token_losses(model: Model, params, batch: dict, rng: Optional[jax.Array] = None):
     """(per-target cross-entropy [B, T-1] float32, weights [B, T-1]): position t predicts token t+1.
 
-    rng: a key turns dropout on (gpt2 flavour with cfg.dropout > 0); None = deterministic."""
-    tokens = batch["tokens"]
-    out = model.forward(params, tokens[:, :-1], positions=_cut(batch.get("positions")),
-                        segment_ids=_cut(batch.get("segment_ids")), attention_mask=_cut(batch.get("attention_mask")),
-                        dropout_rng=rng)
-    targets = tokens[:, 1:]
+    Differentiable per token (full [B, T-1, V] logits); for a weighted mean use `next_token_loss`, which
+    chunks the LM head when the logits are large. rng: a key turns dropout on (gpt2 flavour with
+    cfg.dropout > 0); None = deterministic."""
+    out = _forward(model, params, batch, rng)
+    targets = batch["tokens"][:, 1:]
     logp = jax.nn.log_softmax(out.logits, axis=-1)
     nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    mask = batch.get("loss_mask")
-    weights = jnp.ones(targets.shape, jnp.float32) if mask is None else mask[:, 1:].astype(jnp.float32)
-    return nll, weights
+    return nll, _weights(batch)
+
+
+def weighted_loss_sum(model: Model, params, batch: dict, rng: Optional[jax.Array] = None):
+    """(Σ weights · nll, Σ weights): the summed masked next-token loss, through the chunked LM head
+    (`jaxllm.models.lm_head`, gradient formed in the forward pass) when `lm_head.head_chunk` says the logits are
+    large, else through the full logits; the two agree to float32 rounding (tests/models/test_lm_head.py)."""
+    targets = batch["tokens"][:, 1:]
+    chunk = lm_head.head_chunk(model.cfg, *targets.shape)
+    w = _weights(batch)
+    if chunk == 0:
+        nll, w = token_losses(model, params, batch, rng)
+        return jnp.sum(nll * w), jnp.sum(w)
+    out = _forward(model, params, batch, rng, compute_logits=False)
+    total, _ = lm_head.weighted_nll(model.cfg, params, out.hidden, targets, w, chunk)
+    return total, jnp.sum(w)
 
 
 def _cut(x):
@@ -43,16 +69,13 @@ def _cut(x):
 
 def next_token_loss(model: Model, params, batch: dict, rng: Optional[jax.Array] = None):
     """Mean masked next-token cross-entropy; returns (loss, {"tokens": number of target tokens})."""
-    nll, w = token_losses(model, params, batch, rng)
-    n = jnp.sum(w)
-    loss = jnp.sum(nll * w) / jnp.maximum(n, 1.0)
-    return loss, {"tokens": n}
+    total, n = weighted_loss_sum(model, params, batch, rng)
+    return total / jnp.maximum(n, 1.0), {"tokens": n}
 
 
 @partial(jax.jit, static_argnums=0)
 def _loss_sums(model, params, batch):
-    nll, w = token_losses(model, params, batch)
-    return jnp.sum(nll * w), jnp.sum(w)
+    return weighted_loss_sum(model, params, batch)
 
 
 def eval_loss(model: Model, params, batches: Iterable[dict]) -> float:

@@ -5,11 +5,11 @@ with 4 CPU devices (the 1-process reference).
 Trains a tiny decoder (next-token loss, `lm_task`) on random tokens for `steps` updates on a 4-device data
 mesh, the data pipeline sharded by process (`minibatches(..., shard=parallel.process_shard(...))`, so each
 process reads only its rows). Keys: steps, checkpoint_every, optim (adamw | galore), kill_process and kill_at
-(that process SIGKILLs itself right after logging that step), sleep (seconds per log step), rows (write the
-row ids each process read to rows_p<I>.json), files (a directory of jsonl / parquet files of documents written
-as token ids, "7 12 3": each process reads only its rows of them with `pipeline.file_batches`, the trainer
-assembles the global batch from the processes' rows, Task.batches_per_process; with rows=1 the token rows
-each process trained on are written). Prints `FINGERPRINT [...]` of the final state.
+(that process SIGKILLs itself right after logging that step, once the last checkpoint before it is committed),
+sleep (seconds per log step), rows (write the row ids each process read to rows_p<I>.json), files (a
+directory of jsonl / parquet files of documents written as token ids, "7 12 3": each process reads only its
+rows of them with `pipeline.file_batches`, the trainer assembles the global batch from the processes' rows,
+Task.batches_per_process; with rows=1 the token rows each process trained on are written). Prints `FINGERPRINT [...]` of the final state.
 """
 
 from __future__ import annotations
@@ -52,6 +52,17 @@ class SpacedTokens:
         return [1] * add_bos + [int(t) for t in text.split()] + [2] * add_eos
 
 
+def _wait_for_checkpoint(run_dir: str, step: int, timeout_s: float = 120.0) -> None:
+    """Block until checkpoint `step` is committed (orbax renames its temporary directory to `checkpoints/<step>`
+    when the save is complete), so that a kill right after it tests resuming from that checkpoint and not the
+    race with the asynchronous save (on a loaded machine the save of step 4 can still be running at step 6)."""
+    path, deadline = os.path.join(run_dir, "checkpoints", str(step)), time.monotonic() + timeout_s
+    while step > 0 and not os.path.isdir(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"checkpoint {step} was not committed within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
 def main(argv: list[str]) -> None:
     run_dir, opts = argv[0], dict(a.split("=", 1) for a in argv[1:])
     steps, every = int(opts.get("steps", 12)), int(opts.get("checkpoint_every", 4))
@@ -82,6 +93,7 @@ def main(argv: list[str]) -> None:
         if sleep:
             time.sleep(sleep)
         if step == kill_at and jax.process_index() == kill_process:
+            _wait_for_checkpoint(run_dir, kill_at // every * every)
             os.kill(os.getpid(), signal.SIGKILL)
 
     cfg = TrainerConfig(steps=steps, log_every=1, checkpoint_every=every, keep_checkpoints=2, progress=True,
