@@ -70,13 +70,22 @@ def _torch_llama(cfg, params, device="cpu"):
 
 def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode_new: int, rows: list,
                 device: str = "cpu", params=None, torch_model=None, prompt_tokens=None, repeats: int = REPEATS,
-                train: bool = True):
+                train: bool = True, forward_batch=None, decode_batch8: bool = False, bf16_decode: bool = False,
+                torch_rss: bool = False, chunk_off_row: bool = False, rsparse_decode: float = 0.0):
     """Train step, forward and greedy decode of `cfg`, jaxllm against transformers + torch.
 
     Defaults (the MobileLLM rows): random weights, `Llama4ForCausalLM` as the comparator. `params` (for forward
     and decode; the train step always starts from a random init), `torch_model` (the comparator, e.g.
     `_torch_llama(cfg, params)`) and `prompt_tokens` (the decode prompt) replace them; `train=False` skips the
-    train step (and its memory/FLOP line: returns None), `repeats` sets the interleaved repeats."""
+    train step (and its memory/FLOP line: returns None), `repeats` sets the interleaved repeats.
+    forward_batch: the forward rows' batch (default `batch`); decode_batch8: also greedy decode at batch 8 (8
+    prompts of `decode_prompt` tokens); bf16_decode: also our decode with bfloat16 weights and compute
+    (`dtype = param_dtype = "bfloat16"`; its quality on real text: `--smollm-bf16`) against torch's float32;
+    torch_rss: torch's peak RSS for the train step, measured in a fresh process (`torch_train_peak_rss`);
+    chunk_off_row: also time our train step with the chunked LM head off (`logits_chunk=-1`, the step before
+    the chunked head), interleaved with the other two; rsparse_decode = s > 0: also our decode through R-Sparse
+    at sparsity s (α = 1: only the kept input channels' weight rows, no low-rank part; thresholds calibrated on
+    64 random tokens; `RSparseLinear(cpu_gather=True)`), against our dense float32 decode."""
     import torch
 
     def sync():
@@ -106,6 +115,21 @@ def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode
             holder["state"], m = compiled(holder["state"], batch_j)
             m["loss"].block_until_ready()
 
+        fns = {"ours": ours_train}
+        if chunk_off_row:
+            import dataclasses as dc_
+
+            task_off = lm_task(dc_.replace(cfg, logits_chunk=-1), opt, None)
+            off = jax.jit(make_train_step(task_off), donate_argnums=0).lower(state, batch_j).compile()
+            mem_off = off.memory_analysis()
+            holder["off"] = init_state(task_off, 0)
+
+            def ours_off():
+                holder["off"], m = off(holder["off"], batch_j)
+                m["loss"].block_until_ready()
+
+            fns["ours_chunk_off"] = ours_off
+
         torch_opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
         t_lab = torch.as_tensor(tokens_np, dtype=torch.long, device=device)
 
@@ -117,21 +141,35 @@ def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode
             torch_opt.zero_grad(set_to_none=True)
             sync()
 
-        t = interleaved({"ours": ours_train, "torch": torch_train}, repeats=repeats, warmup=1)
+        fns["torch"] = torch_train
+        t = interleaved(fns, repeats=repeats, warmup=1)
         rows.append((name, f"train step {batch}×{seq}", _fmt(t["ours"], n_tok), _fmt(t["torch"], n_tok),
                      _ratio(t["ours"], t["torch"])))
+        if chunk_off_row:
+            rows.append((name, f"train step {batch}×{seq}, chunked LM head off", _fmt(t["ours_chunk_off"], n_tok),
+                         _fmt(t["torch"], n_tok), _ratio(t["ours_chunk_off"], t["torch"])))
         gflops = flops / statistics.median(t["ours"]) / 1e9
         train_info = (f"{name}: train step {flops / 1e9:.1f} GFLOP (XLA cost analysis) → {gflops:.1f} GFLOP/s achieved; "
                       f"peak memory (memory_analysis): arguments {mem.argument_size_in_bytes / 2**20:,.0f} MiB, "
                       f"temporaries {mem.temp_size_in_bytes / 2**20:,.0f} MiB, outputs {mem.output_size_in_bytes / 2**20:,.0f} MiB, "
                       f"aliased (donated) {mem.alias_size_in_bytes / 2**20:,.0f} MiB → peak ≈ "
-                      f"{(mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes) / 2**20:,.0f} MiB")
+                      f"{_peak(mem) / 2**20:,.0f} MiB")
+        if chunk_off_row:
+            train_info += (f"; with the chunked head off: temporaries {mem_off.temp_size_in_bytes / 2**20:,.0f} MiB, "
+                           f"peak ≈ {_peak(mem_off) / 2**20:,.0f} MiB")
+        if torch_rss:
+            base, peak = torch_train_peak_rss(cfg, batch, seq)
+            train_info += (f"; torch (fresh process, same step, 2 steps): RSS {base / 2**20:,.0f} MiB after building "
+                           f"model + AdamW, peak RSS {peak / 2**20:,.0f} MiB")
         params = holder["state"].params if params is None else params
     elif params is None:
         raise ValueError("bench_shape(train=False) needs params")
 
+    fb = batch if forward_batch is None else forward_batch
+    f_np = np.random.default_rng(1).integers(0, cfg.vocab_size, size=(fb, seq)).astype(np.int32)
     fwd = jax.jit(Model(cfg))
-    x_j = jnp.asarray(tokens_np[:, :-1])
+    x_j = jnp.asarray(f_np)
+    t_in = torch.as_tensor(f_np, dtype=torch.long, device=device)
 
     def ours_fwd():
         fwd(params, x_j).block_until_ready()
@@ -143,7 +181,7 @@ def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode
         sync()
 
     t = interleaved({"ours": ours_fwd, "torch": torch_fwd}, repeats=repeats, warmup=1)
-    rows.append((name, f"forward {batch}×{seq}", _fmt(t["ours"], n_tok), _fmt(t["torch"], n_tok),
+    rows.append((name, f"forward {fb}×{seq}", _fmt(t["ours"], fb * seq), _fmt(t["torch"], fb * seq),
                  _ratio(t["ours"], t["torch"])))
 
     prompt = [tokens_np[0, :decode_prompt].tolist() if prompt_tokens is None else list(prompt_tokens)[:decode_prompt]]
@@ -162,10 +200,107 @@ def bench_shape(name: str, cfg, batch: int, seq: int, decode_prompt: int, decode
                            do_sample=False, eos_token_id=None, pad_token_id=0)
         sync()
 
-    t = interleaved({"ours": ours_decode, "torch": torch_decode}, repeats=repeats, warmup=1)
+    fns = {"ours": ours_decode, "torch": torch_decode}
+    if bf16_decode:
+        import dataclasses as dc_
+
+        cfg16 = dc_.replace(cfg, dtype="bfloat16", param_dtype="bfloat16")
+        params16 = jax.tree.map(lambda x: jnp.asarray(x, jnp.bfloat16), params)
+
+        def ours_decode_bf16():
+            generate(Model(cfg16), params16, prompt, key, s).tokens.block_until_ready()
+
+        fns["ours_bf16"] = ours_decode_bf16
+    if rsparse_decode > 0:
+        from jaxllm.sparse import rsparse as rs
+
+        calib = jnp.asarray(np.random.default_rng(2).integers(0, cfg.vocab_size, size=(1, 64)), jnp.int32)
+        tree, _ = rs.rsparsify(cfg, params, calib, rsparse_decode, 1.0)
+        sparse_model = rs.rsparse_model(cfg, 1.0, cpu_gather=device == "cpu")
+
+        def ours_decode_rsparse():
+            generate(sparse_model, tree, prompt, key, s).tokens.block_until_ready()
+
+        fns["ours_rsparse"] = ours_decode_rsparse
+    t = interleaved(fns, repeats=repeats, warmup=1)
     rows.append((name, f"greedy decode b=1, {decode_prompt}+{decode_new}", _fmt(t["ours"], decode_new),
                  _fmt(t["torch"], decode_new), _ratio(t["ours"], t["torch"])))
+    if bf16_decode:
+        rows.append((name, f"greedy decode b=1, {decode_prompt}+{decode_new}, ours bf16 weights vs torch fp32",
+                     _fmt(t["ours_bf16"], decode_new), _fmt(t["torch"], decode_new),
+                     _ratio(t["ours_bf16"], t["torch"])))
+    if rsparse_decode > 0:
+        rows.append((name, f"greedy decode b=1, {decode_prompt}+{decode_new}, ours R-Sparse s={rsparse_decode} "
+                     f"(α=1, CPU gather) vs ours dense fp32 (the torch column is our dense)",
+                     _fmt(t["ours_rsparse"], decode_new), _fmt(t["ours"], decode_new),
+                     _ratio(t["ours_rsparse"], t["ours"])))
+    if decode_batch8:
+        prompts8 = [tokens_np[i % batch, :decode_prompt].tolist() for i in range(8)]
+        prompts8 = [[(tok + i) % cfg.vocab_size for tok in pr] for i, pr in enumerate(prompts8)]
+        p8 = torch.as_tensor(prompts8, dtype=torch.long, device=device)
+
+        def ours_decode8():
+            generate(Model(cfg), params, prompts8, key, s).tokens.block_until_ready()
+
+        def torch_decode8():
+            with torch.no_grad():
+                model.generate(p8, attention_mask=torch.ones_like(p8), max_new_tokens=decode_new,
+                               min_new_tokens=decode_new, do_sample=False, eos_token_id=None, pad_token_id=0)
+            sync()
+
+        t = interleaved({"ours": ours_decode8, "torch": torch_decode8}, repeats=repeats, warmup=1)
+        rows.append((name, f"greedy decode b=8, {decode_prompt}+{decode_new}", _fmt(t["ours"], 8 * decode_new),
+                     _fmt(t["torch"], 8 * decode_new), _ratio(t["ours"], t["torch"])))
     return train_info
+
+
+def _peak(mem) -> int:
+    """Peak bytes of a compiled step from memory_analysis: arguments + temporaries + outputs − donated."""
+    return (mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
+            - mem.alias_size_in_bytes)
+
+
+_TORCH_RSS_SCRIPT = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from bench.bench_decoder import _torch_model
+from jaxllm.models import get_preset
+import dataclasses
+cfg = dataclasses.replace(get_preset({preset!r}), **{over!r})
+model = _torch_model(cfg)
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+for p in model.parameters():  # allocate the AdamW moments before the baseline is read
+    p.grad = torch.zeros_like(p)
+opt.step(); opt.zero_grad(set_to_none=True)
+def rss():
+    return int(open('/proc/self/statm').read().split()[1]) * 4096
+base = rss()
+x = torch.randint(0, cfg.vocab_size, ({batch}, {seq} + 1))
+for _ in range(2):
+    model(input_ids=x, labels=x).loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+print("RSS", base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def torch_train_peak_rss(cfg, batch: int, seq: int) -> tuple[int, int]:
+    """(RSS after building the torch model + AdamW state, peak RSS over 2 train steps), bytes, in a fresh process
+    (our process holds JAX's buffers, so its own RSS says nothing about torch). `cfg` must be a preset's config
+    with scalar overrides (max_seq_len, ...), rebuilt in the child from its fields."""
+    import dataclasses as dc_
+    import subprocess
+
+    from jaxllm.models import presets
+
+    preset = next(k for k, v in presets.PRESETS.items() if v.d_model == cfg.d_model and v.n_layers == cfg.n_layers
+                  and v.vocab_size == cfg.vocab_size)
+    base = presets.PRESETS[preset]
+    over = {f.name: getattr(cfg, f.name) for f in dc_.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name)}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = _TORCH_RSS_SCRIPT.format(root=root, preset=preset, over=over, batch=batch, seq=seq)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, check=True)
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("RSS"))
+    _, a, b = line.split()
+    return int(a), int(b)
 
 
 def common_prefix(a, b) -> int:
@@ -310,6 +445,10 @@ def main(argv: list[str]) -> None:
     if not quick:
         infos.append(bench_shape("MobileLLM-R1-140M", big, batch=1, seq=128, decode_prompt=16, decode_new=32,
                                  rows=rows))
+        # The anchor shapes (issue 18): train 4×256, forward 8×256, decode 32+64 at batch 1 and 8, bf16 decode.
+        infos.append(bench_shape("MobileLLM-R1-140M", big, batch=4, seq=256, forward_batch=8, decode_prompt=32,
+                                 decode_new=64, rows=rows, decode_batch8=True, bf16_decode=True, torch_rss=True,
+                                 chunk_off_row=True, rsparse_decode=0.5))
     wall = time.perf_counter() - t0
     flags = " ".join(a for a in argv if a.startswith("--"))
     cmd = "python -m bench.run_all decoder" if not flags else f"python -m bench.bench_decoder {flags}"

@@ -167,14 +167,18 @@ class RSparseLinear:
 
     Backend: when the sparse tokens of a call are decode-shaped (B·T_sparse ≤ 4 rows) and the layer's shapes fit
     `blocks`, and the backend runs the Pallas kernel (a GPU, or `interpret=True` on any backend), the rows go
-    through `pallas_kernels.rsparse_gemv` (weights packed per call); otherwise through the masked-dense jnp
-    `rsparse_matmul`. `use_kernel=False` always takes the jnp path.
+    through `pallas_kernels.rsparse_gemv` (weights packed per call). On a CPU with `cpu_gather=True`, decode-shaped
+    rows go through `pallas_kernels.rsparse_gemv_gather` (reads only the kept rows of W, exact: its capacity is
+    the whole d_in, its loop runs over the kept channels only), which is what makes the KV-cache decoder read fewer
+    weight bytes per token on this backend. Otherwise through the masked-dense jnp `rsparse_matmul` (every row of
+    W read). `use_kernel=False` always takes the jnp path.
     """
 
     sparse_fraction: float = 1.0
     use_kernel: bool = True
     interpret: bool = False
     blocks: rk.BlockSizes = rk.BlockSizes()
+    cpu_gather: bool = False
 
     def __post_init__(self):
         f = self.sparse_fraction
@@ -194,11 +198,15 @@ class RSparseLinear:
 
     def sparse_matmul(self, x2: jax.Array, w2: jax.Array, sp: Mapping[str, jax.Array]) -> jax.Array:
         """R-Sparse of x2 [M, d_in] with w2 [d_in, d_out]: the Pallas GEMV or the jnp path (see the class doc)."""
-        if not self.kernel_runs(x2.shape[0], *w2.shape):
+        gather = (self.cpu_gather and self.use_kernel and jax.default_backend() == "cpu"
+                  and 1 <= x2.shape[0] <= rk.MAX_TOKENS)
+        if not gather and not self.kernel_runs(x2.shape[0], *w2.shape):
             return rsparse_matmul(x2, w2, sp)
         a, b = sp.get("a"), sp.get("b")
         if a is not None and "rank_mask" in sp:  # z · mask = x (A · mask): switched-off columns contribute 0
             a = a * sp["rank_mask"].astype(a.dtype)[None, :]
+        if gather:
+            return rk.rsparse_gemv_gather(x2, w2, sp["scale"], sp["tau"], a, b, max_kept=w2.shape[0])
         return rk.rsparse_gemv(x2, w2, sp["scale"], sp["tau"], a, b, blocks=self.blocks, interpret=self.interpret)
 
     def __call__(self, name: str, p: Params, x: jax.Array, eqn: str) -> jax.Array:
