@@ -1,24 +1,20 @@
-"""Where the decoder's train step spends its time: XLA's per-op profile beside torch.profiler's, same shape.
+"""Where the decoder's train step spends its time, part by part, beside transformers + torch on the same shape.
 
-    python -m bench.profile_decoder [preset=mobilellm_r1_140m batch=4 seq=256 steps=3 top=25 torch=1
-                                     model.x=... (TransformerConfig overrides, e.g. model.logits_chunk=1024)]
+    python -m bench.profile_decoder [preset=mobilellm_r1_140m batch=4 seq=256 repeats=5 steps=3 top=25 torch=1
+                                     model.x=... (TransformerConfig overrides, e.g. model.logits_chunk=-1)]
 
-Ours: the jitted train step (forward + backward + AdamW, the same step as bench_decoder) is traced with
-`jax.profiler` for `steps` steps after a warm-up; every XLA op event of the trace (fusions, YNNPACK dots,
-custom calls) is summed by op name and labelled with what it computes (the op's HLO opcode / fused root and
-its shape, read from the compiled module). Theirs: transformers + torch on the same config and batch under
-`torch.profiler` (CPU), `key_averages()` by self time. Both tables are per step, ms, largest first; the last
-lines group ours into categories (matmuls, attention, elementwise, reductions, copies/transposes, ...).
+XLA's CPU runtime at jax 0.10 (the thunk executor) records no per-op events in a `jax.profiler` trace (only
+"ThunkExecutor::Execute" spans), so ours is split by timing the step's parts, each jitted on its own and
+interleaved with the same part in torch (`components`): the full step, loss + gradient, forward loss, the body
+(layers) forward + backward, the LM head + cross-entropy forward + backward, and the AdamW update. Beside it,
+`memory_analysis()` of our step and (torch=1) torch.profiler's op table of the same step, by self CPU time.
 Prints Markdown; docs/results/decoder_profile.md quotes it.
 """
 
 from __future__ import annotations
 
-import collections
-import glob
-import re
+import statistics
 import sys
-import tempfile
 import time
 
 import jax
@@ -26,84 +22,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from bench.common import interleaved, ratio_stats
 from jaxllm import config as cfgmod
-from jaxllm.models import get_preset
-from jaxllm.train.lm import lm_task
+from jaxllm.models import Model, get_preset, lm_head
+from jaxllm.train.lm import lm_task, next_token_loss
 from jaxllm.train.trainer import init_state, make_train_step
 
 
-def _hlo_labels(hlo_text: str) -> dict[str, str]:
-    """op name -> 'opcode shape' (for fusions: the fused computation's root op), from optimised HLO text."""
-    labels: dict[str, str] = {}
-    roots: dict[str, str] = {}
-    comp = None
-    for line in hlo_text.splitlines():
-        m = re.match(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$", line)
-        if m and "=" not in line.split("{")[0]:
-            comp = m.group(1)
-            continue
-        m = re.match(r"^\s*(ROOT\s+)?%?([\w.\-]+)\s*=\s*(\S+?\[[^\]]*\]|\([^)]*\)|\S+)\s+([\w\-]+)\(", line)
-        if not m:
-            continue
-        is_root, name, shape, opcode = m.groups()
-        calls = re.search(r"calls=%?([\w.\-]+)", line)
-        labels[name] = f"{opcode} {shape}" + (f" calls={calls.group(1)}" if calls else "")
-        if is_root and comp:
-            roots[comp] = f"{opcode} {shape}"
-    for name, lab in list(labels.items()):
-        c = re.search(r"calls=([\w.\-]+)", lab)
-        if c and c.group(1) in roots:
-            labels[name] = lab.split(" calls=")[0] + f" [root {roots[c.group(1)]}]"
-    return labels
-
-
-def _category(label: str) -> str:
-    lab = label.lower()
-    if "dot" in lab or "ynn" in lab or "convolution" in lab:
-        return "matmul (dot / YNNPACK)"
-    if "reduce" in lab:
-        return "reductions (softmax, norms, sums)"
-    if any(k in lab for k in ("transpose", "copy", "concatenate", "slice", "pad", "bitcast", "dynamic-update")):
-        return "copies / transposes / slices"
-    if "gather" in lab or "scatter" in lab:
-        return "gather / scatter (embedding, targets)"
-    return "elementwise fusions and other"
-
-
-def profile_ours(cfg, batch: int, seq: int, steps: int) -> tuple[list, float, dict]:
-    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=(batch, seq + 1)).astype(np.int32)
+def memory_ours(cfg, batch: int, seq: int) -> dict:
+    """memory_analysis() of the compiled train step (bytes): arguments, temporaries, outputs, aliased."""
+    tokens = np.zeros((batch, seq + 1), np.int32)
     batch_j = {"tokens": jnp.asarray(tokens), "loss_mask": jnp.ones(tokens.shape, jnp.float32)}
     task = lm_task(cfg, optax.adamw(1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1), None)
     state = init_state(task, 0)
-    compiled = jax.jit(make_train_step(task), donate_argnums=0).lower(state, batch_j).compile()
-    mem = compiled.memory_analysis()
-    labels = _hlo_labels(compiled.as_text())
-    state, m = compiled(state, batch_j)
-    m["loss"].block_until_ready()
-    with tempfile.TemporaryDirectory() as d:
-        jax.profiler.start_trace(d)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            state, m = compiled(state, batch_j)
-            m["loss"].block_until_ready()
-        wall = (time.perf_counter() - t0) / steps
-        jax.profiler.stop_trace()
-        data = jax.profiler.ProfileData.from_file(glob.glob(f"{d}/**/*.xplane.pb", recursive=True)[-1])
-    per_op: dict[str, float] = collections.defaultdict(float)
-    for plane in data.planes:
-        if plane.name != "/host:CPU":
-            continue
-        for line in plane.lines:
-            if line.name == "python" or "XLAEigen" in line.name:
-                continue  # python-side events, and Eigen pool workers (their time is inside the op events)
-            for e in line.events:
-                if e.name.startswith(("ThreadpoolListener", "end: ")) or e.name not in labels:
-                    continue
-                per_op[e.name] += e.duration_ns / 1e6 / steps
-    rows = sorted(((ms, name, labels.get(name, "?")) for name, ms in per_op.items()), reverse=True)
-    memory = {"arguments": mem.argument_size_in_bytes, "temporaries": mem.temp_size_in_bytes,
-              "outputs": mem.output_size_in_bytes, "aliased": mem.alias_size_in_bytes}
-    return rows, wall * 1e3, memory
+    mem = jax.jit(make_train_step(task), donate_argnums=0).lower(state, batch_j).compile().memory_analysis()
+    return {"arguments": mem.argument_size_in_bytes, "temporaries": mem.temp_size_in_bytes,
+            "outputs": mem.output_size_in_bytes, "aliased": mem.alias_size_in_bytes}
 
 
 def profile_torch(cfg, batch: int, seq: int, steps: int) -> tuple[list, float]:
@@ -134,8 +68,107 @@ def profile_torch(cfg, batch: int, seq: int, steps: int) -> tuple[list, float]:
     return rows, wall * 1e3
 
 
+def components(cfg, batch: int, seq: int, repeats: int) -> list[tuple[str, list[float], list[float]]]:
+    """The train step cut into parts, each jitted (ours) or run eagerly (torch) on its own, interleaved.
+
+    XLA's CPU runtime (jax 0.10, thunk executor) emits no per-op trace events, so the op-level split comes from
+    timing the parts separately: full step; loss + gradient (no optimizer); forward loss only; the body
+    (embedding + layers + final norm, forward + backward of a fixed random projection of the hidden states);
+    the LM head + cross-entropy (forward + backward from the hidden states); the AdamW update alone.
+    Returns (part, our seconds per repeat, torch seconds per repeat)."""
+    import torch
+    import torch.nn.functional as F
+
+    from bench.bench_decoder import _torch_model
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, cfg.vocab_size, size=(batch, seq + 1)).astype(np.int32)
+    batch_j = {"tokens": jnp.asarray(tokens), "loss_mask": jnp.ones(tokens.shape, jnp.float32)}
+    opt = optax.adamw(1e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1)
+    task = lm_task(cfg, opt, None)
+    state = init_state(task, 0)
+    model = Model(cfg)
+    step = jax.jit(make_train_step(task), donate_argnums=0)
+    grad_fn = jax.jit(jax.grad(lambda p, b: next_token_loss(model, p, b)[0]))
+    loss_fn = jax.jit(lambda p, b: next_token_loss(model, p, b)[0])
+    proj = jnp.asarray(rng.standard_normal((batch, seq, cfg.d_model)).astype(np.float32))
+
+    def body_loss(p):
+        h = model.forward(p, batch_j["tokens"][:, :-1], compute_logits=False).hidden
+        return jnp.sum(h * proj)
+
+    body_fn = jax.jit(jax.grad(body_loss))
+    chunk = lm_head.head_chunk(cfg, batch, seq) or seq
+    w_name = "embed" if cfg.tie_embeddings else "lm_head"
+    hid = jnp.asarray(rng.standard_normal((batch, seq, cfg.d_model)).astype(np.float32))
+    targets = batch_j["tokens"][:, 1:]
+    ones = jnp.ones(targets.shape, jnp.float32)
+    head_fn = jax.jit(jax.grad(lambda h, w: lm_head.weighted_nll(cfg, {w_name: w}, h, targets, ones, chunk)[0],
+                               argnums=(0, 1)))
+    grads = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), state.params)
+    upd = jax.jit(lambda g, s, p: optax.apply_updates(p, opt.update(g, s, p)[0]))
+    holder = {"state": state}
+
+    def ours_step():
+        holder["state"], m = step(holder["state"], batch_j)
+        m["loss"].block_until_ready()
+
+    ours = {"step": ours_step,
+            "loss + grad": lambda: jax.block_until_ready(grad_fn(holder["state"].params, batch_j)),
+            "forward loss": lambda: jax.block_until_ready(loss_fn(holder["state"].params, batch_j)),
+            "body fwd+bwd": lambda: jax.block_until_ready(body_fn(holder["state"].params)),
+            "head + CE fwd+bwd": lambda: jax.block_until_ready(head_fn(hid, holder["state"].params[w_name])),
+            "AdamW update": lambda: jax.block_until_ready(upd(grads, holder["state"].opt_state,
+                                                              holder["state"].params))}
+    tmodel = _torch_model(cfg)
+    tmodel.train()
+    topt = torch.optim.AdamW(tmodel.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    x = torch.as_tensor(tokens, dtype=torch.long)
+    tproj = torch.as_tensor(np.asarray(proj))
+    thid = torch.as_tensor(np.asarray(hid))
+    ttargets = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+
+    def t_step():
+        tmodel(input_ids=x, labels=x).loss.backward()
+        topt.step()
+        topt.zero_grad(set_to_none=True)
+
+    def t_grad():
+        tmodel(input_ids=x, labels=x).loss.backward()
+        topt.zero_grad(set_to_none=True)
+
+    def t_fwd():
+        with torch.no_grad():
+            tmodel(input_ids=x, labels=x)
+
+    def t_body():
+        (tmodel.model(input_ids=x[:, :-1]).last_hidden_state * tproj).sum().backward()
+        topt.zero_grad(set_to_none=True)
+
+    def t_head():
+        h = thid.clone().requires_grad_(True)
+        logits = F.linear(h, tmodel.lm_head.weight)
+        F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ttargets.reshape(-1), reduction="sum").backward()
+        topt.zero_grad(set_to_none=True)
+
+    def t_adamw():
+        for q in tmodel.parameters():
+            q.grad = torch.full_like(q, 1e-3)
+        topt.step()
+        topt.zero_grad(set_to_none=True)
+
+    theirs = {"step": t_step, "loss + grad": t_grad, "forward loss": t_fwd, "body fwd+bwd": t_body,
+              "head + CE fwd+bwd": t_head, "AdamW update": t_adamw}
+    fns = {}
+    for k in ours:
+        fns["ours " + k] = ours[k]
+        fns["torch " + k] = theirs[k]
+    t = interleaved(fns, repeats=repeats, warmup=1)
+    return [(k, t["ours " + k], t["torch " + k]) for k in ours]
+
+
 def main(argv: list[str]) -> str:
-    opts = {"preset": "mobilellm_r1_140m", "batch": "4", "seq": "256", "steps": "3", "top": "25", "torch": "1"}
+    opts = {"preset": "mobilellm_r1_140m", "batch": "4", "seq": "256", "steps": "3", "top": "25", "torch": "1", "repeats": "5"}
     model_over = {}
     for a in argv:
         k, _, v = a.partition("=")
@@ -146,19 +179,21 @@ def main(argv: list[str]) -> str:
     batch, seq, steps, top = int(opts["batch"]), int(opts["seq"]), int(opts["steps"]), int(opts["top"])
     cfg = cfgmod.apply_overrides(get_preset(opts["preset"], max_seq_len=max(seq, 512)),
                                  [f"{k}={v}" for k, v in model_over.items()])
-    rows, wall, mem = profile_ours(cfg, batch, seq, steps)
-    total = sum(r[0] for r in rows)
-    out = [f"## jaxllm train step {batch}×{seq} ({opts['preset']}{''.join(f', {k}={v}' for k, v in model_over.items())})",
-           "", f"wall {wall:,.0f} ms per step; op events sum to {total:,.0f} ms (both cores' ops overlap, so the sum "
-           f"can exceed the wall); memory_analysis: arguments {mem['arguments'] / 2**20:,.0f} MiB, temporaries "
-           f"{mem['temporaries'] / 2**20:,.0f} MiB, outputs {mem['outputs'] / 2**20:,.0f} MiB, aliased "
-           f"{mem['aliased'] / 2**20:,.0f} MiB", "", "| ms / step | share | op | what |", "|---|---|---|---|"]
-    out += [f"| {ms:,.1f} | {ms / total:.1%} | `{name}` | `{lab[:110]}` |" for ms, name, lab in rows[:top]]
-    cats: dict[str, float] = collections.defaultdict(float)
-    for ms, _, lab in rows:
-        cats[_category(lab)] += ms
-    out += ["", "| category | ms / step | share |", "|---|---|---|"]
-    out += [f"| {c} | {ms:,.0f} | {ms / total:.1%} |" for c, ms in sorted(cats.items(), key=lambda kv: -kv[1])]
+    parts = components(cfg, batch, seq, int(opts["repeats"]))
+    title = f"{opts['preset']}{''.join(f', {k}={v}' for k, v in model_over.items())}"
+    out = [f"## The train step {batch}×{seq} in parts ({title}), jaxllm against transformers + torch", "",
+           f"{opts['repeats']} interleaved repeats after a warm-up; ms per call, median (min–max); speed-up = torch "
+           "time / our time per repeat (> 1: we are faster).", "",
+           "| part | jaxllm ms | torch ms | speed-up |", "|---|---|---|---|"]
+    for part, ours, theirs in parts:
+        med, lo, hi = ratio_stats(theirs, ours)
+        out.append(f"| {part} | {statistics.median(ours) * 1e3:,.0f} ({min(ours) * 1e3:,.0f}–{max(ours) * 1e3:,.0f}) | "
+                   f"{statistics.median(theirs) * 1e3:,.0f} ({min(theirs) * 1e3:,.0f}–{max(theirs) * 1e3:,.0f}) | "
+                   f"{med:.2f}× ({lo:.2f}–{hi:.2f}) |")
+    mem = memory_ours(cfg, batch, seq)
+    out += ["", f"memory_analysis of our step: arguments {mem['arguments'] / 2**20:,.0f} MiB, temporaries "
+            f"{mem['temporaries'] / 2**20:,.0f} MiB, outputs {mem['outputs'] / 2**20:,.0f} MiB, aliased "
+            f"{mem['aliased'] / 2**20:,.0f} MiB"]
     if opts["torch"] != "0":
         trows, twall = profile_torch(cfg, batch, seq, steps)
         ttotal = sum(r[0] for r in trows)

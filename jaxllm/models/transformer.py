@@ -27,6 +27,7 @@ Parameter tree (shapes; D=d_model, H=heads, K=kv heads, h=head_dim, F=d_ff, V=vo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Literal, NamedTuple, Optional
 
@@ -252,6 +253,35 @@ def rope(x_BTNh: jax.Array, positions_BT: jax.Array, theta: float, layout: str) 
 Linear = Callable[[str, Params, jax.Array, str], jax.Array]
 
 
+@functools.lru_cache(maxsize=None)
+def _as_matmul(eqn: str) -> Optional[tuple[int, int]]:
+    """(leading dims of x kept, contracted dims) when `eqn` is `lead+contract, contract+free -> lead+free` (every
+    projection of the Transformer), so that it is one 2-D matmul; None for any other einsum."""
+    ins, out = eqn.replace(" ", "").split("->")
+    xs, ws = ins.split(",")
+    contract = "".join(c for c in xs if c in ws and c not in out)
+    lead = xs[: len(xs) - len(contract)]
+    free = ws[len(contract):]
+    if not contract or xs != lead + contract or ws != contract + free or out != lead + free:
+        return None
+    return len(lead), len(contract)
+
+
+def project(eqn: str, x: jax.Array, w: jax.Array) -> jax.Array:
+    """einsum(eqn, x, w), as a single [rows, k] @ [k, n] matmul when the equation allows (`_as_matmul`).
+
+    Equal to the einsum up to float rounding. On XLA:CPU the 2-D form is ≈ 1.25× faster for the SwiGLU MLP's
+    forward + backward at 4×256 on the 140M shape (bench/profile_decoder.py): the einsum over [B, T, D] lowers its
+    weight gradient to a dot contracting two dimensions, which the CPU backend runs through extra transposes."""
+    split = _as_matmul(eqn)
+    if split is None:
+        return jnp.einsum(eqn, x, w)
+    n_lead, n_contract = split
+    lead, contract, free = x.shape[:n_lead], w.shape[:n_contract], w.shape[n_contract:]
+    y = jnp.reshape(x, (math.prod(lead), math.prod(contract))) @ jnp.reshape(w, (math.prod(contract), -1))
+    return jnp.reshape(y, lead + free)
+
+
 def dense_linear(name: str, p: Params, x: jax.Array, eqn: str) -> jax.Array:
     """The default projection: einsum with p['kernel'] (+ p['bias']), in x's dtype.
 
@@ -261,7 +291,7 @@ def dense_linear(name: str, p: Params, x: jax.Array, eqn: str) -> jax.Array:
     `jaxllm.models.Model(cfg, linear=)`, so this module never needs to know about it.
     """
     del name
-    y = jnp.einsum(eqn, x, p["kernel"].astype(x.dtype))
+    y = project(eqn, x, p["kernel"].astype(x.dtype))
     if "bias" in p:
         b = p["bias"].astype(x.dtype)
         y = y + b[(None,) * (y.ndim - b.ndim)]
