@@ -82,6 +82,13 @@ ALIASES = {"loss": "rl.loss", "lr": "optim.learning_rate", "iterations": "rl_run
 
 def load_sft_params(sft_run_dir: str, mcfg, sft_optim: build.OptimizerConfig, sft_steps: int):
     """The parameters of the newest SFT checkpoint in `<sft_run_dir>/sft/checkpoints` (a dllm_*_sft run)."""
+    state, step = load_sft_state(sft_run_dir, mcfg, sft_optim, sft_steps)
+    return state.params, step
+
+
+def load_sft_state(sft_run_dir: str, mcfg, sft_optim: build.OptimizerConfig, sft_steps: int):
+    """(TrainState, step) of the newest SFT checkpoint in `<sft_run_dir>/sft/checkpoints`: parameters and the
+    SFT optimizer's state (built by `sft_optim`, the run's own optimizer config)."""
     ckpt_dir = Path(sft_run_dir) / "sft" / "checkpoints"
     check(ckpt_dir.is_dir(), f"init_from={sft_run_dir!r}: no SFT checkpoints at {ckpt_dir}")
     saved = json.loads((Path(sft_run_dir) / "config.json").read_text())["model"]
@@ -98,7 +105,7 @@ def load_sft_params(sft_run_dir: str, mcfg, sft_optim: build.OptimizerConfig, sf
         ckpt.close()
     check(restored is not None, f"init_from={sft_run_dir!r}: no checkpoint in {ckpt_dir} restores")
     step, state, _, _ = restored
-    return TrainState(*state).params, step
+    return TrainState(*state), step
 
 
 def greedy_eval(mcfg, vocab: dllm.Vocab, prompts_NP: np.ndarray, gen_length: int, steps: int, block: int,
@@ -118,6 +125,8 @@ class RLRun(NamedTuple):
     seconds: float  # wall-clock of the RL part (held-out evaluations included)
     trainer: TrainerConfig  # as run: steps = iterations · μ
     loss: RLLossConfig  # as run (loss name and mask id filled in)
+    state: TrainState  # the trainer's final state (LoRA runs: factors and their optimizer state)
+    params: dict  # the trained policy's full parameters (LoRA factors merged), for serving after RL
 
 
 # regroup(model, sampler config, loss config) -> a RolloutSource regroup_fn (IGPO's inpainting), or None
@@ -154,13 +163,14 @@ def train_rl(config, *, mcfg, vocab: dllm.Vocab, sft_params, prompts: PromptSet,
     if lora.rank:  # LoRA factors on the SFT weights; only the factors train; evaluation on merged weights
         init = lambda key: add_lora(jax.tree.map(jnp.asarray, start), lora, key)  # noqa: E731
         optimizer, axes = lora_optimizer(optimizer), lora_logical_axes(axes, lora)
-        evaluate = lambda p: heldout_fn(merge_lora(p, lora))  # noqa: E731
+        merged = lambda p: merge_lora(p, lora)  # noqa: E731
     else:
-        init, evaluate = (lambda key: jax.tree.map(jnp.asarray, start)), heldout_fn
+        init, merged = (lambda key: jax.tree.map(jnp.asarray, start)), (lambda p: p)
+    evaluate = lambda p: heldout_fn(merged(p))  # noqa: E731
     task = make_rl_task(model, rl_cfg, optimizer, source, init, logical_axes=axes, eval_fn=evaluate)
     t0 = time.perf_counter()
     result = train(tcfg, task, f"{config.run_dir}/rl", seed=config.seed)
-    return RLRun(result.history, time.perf_counter() - t0, tcfg, rl_cfg)
+    return RLRun(result.history, time.perf_counter() - t0, tcfg, rl_cfg, result.state, merged(result.state.params))
 
 
 def run_rl(config, *, task_name: str, mcfg, vocab: dllm.Vocab, sft_params, prompts: PromptSet,

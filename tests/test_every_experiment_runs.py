@@ -33,6 +33,8 @@ SMALL = {
                                     "train.batch_size=4", "train.trainer.steps=4", "sparsities=0.5",
                                     "calib_windows=2", "search_windows=2", "eval_windows=2", "search_generations=1",
                                     "search_population=3", "window_seeds=0"],
+    "compose_sudoku": TINY_DLLM + ["rl_run.prompts_per_batch=2", "optimizer=galore2", "serve.method=rsparse",
+                                   "serve.sparsity=0.5", "serve.calib_prompts=8", "vote=deepconf_low", "vote.traces=4"],
     "dllm_sudoku_sft": ["trainer.steps=4", "n_train=64", "n_test=8", "settings=8:32:lc"],
     "dllm_countdown_sft": ["trainer.steps=4", "n_train=64", "n_test=8", "settings=12:48:lc"],
     "coconut_reachability": ["modes=coconut,cot", "n_train=64", "n_test=16", "analysis_samples=8",

@@ -25,7 +25,7 @@ The sampler side (slots, `alive` mask, ring buffer, refilling) is `jaxllm.sampli
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -404,21 +404,24 @@ def answer_key(answer: str, equivalence: str = "math"):
     return ("num", value) if value is not None else ("str", norm)
 
 
-def answer_ids(texts: Sequence[str], equivalence: str = "math", reference: Optional[str] = None):
+def answer_ids(texts: Sequence[str], equivalence: str = "math", reference: Optional[str] = None,
+               extract: Callable[[str], Optional[str]] = extract_answer):
     """Answer ids for a list of completions: (ids [N] int32, valid [N] bool, keys list, reference id).
 
     Ids number the distinct answer keys in order of first appearance (so id order = first-seen order);
     completions without an answer get id 0 and valid False. `reference` (e.g. the ground truth) is keyed the
     same way; when no completion gave it, its id is len(keys), an id no completion has and no vote can win (a
     vote's winner is a completion's id, or -1 when nothing voted), so "nobody found it" always scores wrong.
+    `extract(text) -> answer or None` reads the answer out of a completion: `\\boxed{}` content by default, a
+    task's own parser otherwise (e.g. the Sudoku `<answer>` digits, with equivalence="exact").
     """
     check_choice("equivalence", equivalence, ["math", "exact"])
     table: dict = {}
     ids = np.zeros(len(texts), np.int32)
     valid = np.zeros(len(texts), bool)
     for i, text in enumerate(texts):
-        ans = extract_answer(text)
-        if ans is None:
+        ans = extract(text)
+        if not ans:
             continue
         ids[i] = table.setdefault(answer_key(ans, equivalence), len(table))
         valid[i] = True

@@ -267,6 +267,10 @@ class MuonConfig(OptimizerConfig):
 
     name: str = dataclasses.field(default="muon", init=False)
     muon_learning_rate: float = 0.02  # 0: learning_rate
+    # > 0: the matrices' peak is this multiple of learning_rate (overrides muon_learning_rate), so one Muon
+    # config serves runs at different learning rates (e.g. an SFT and an RL phase), as rank_fraction does for
+    # GaLore's rank
+    muon_lr_ratio: float = 0.0
     beta: float = 0.95
     nesterov: bool = False
     adam_coupled_decay: bool = False
@@ -274,10 +278,18 @@ class MuonConfig(OptimizerConfig):
     def __post_init__(self):
         super().__post_init__()
         check(self.muon_learning_rate >= 0, f"optim.muon_learning_rate must be >= 0, got {self.muon_learning_rate}")
+        check(self.muon_lr_ratio >= 0, f"optim.muon_lr_ratio must be >= 0, got {self.muon_lr_ratio}")
         check(0.0 <= self.beta < 1.0, f"optim.beta must be in [0, 1), got {self.beta}")
 
+    @property
+    def matrix_learning_rate(self) -> float:
+        """The peak learning rate of the Muon matrices."""
+        if self.muon_lr_ratio > 0:
+            return self.muon_lr_ratio * self.learning_rate
+        return self.muon_learning_rate or self.learning_rate
+
     def _transform(self, lr, matrices):
-        muon_lr = lr(self.muon_learning_rate) if self.muon_learning_rate > 0 else None
+        muon_lr = lr(self.matrix_learning_rate)
         inner = muon_lib.muon_with_adam(
             lambda p: jax.tree.map(lambda m: "muon" if m else "adam", matrices(p)), lr(self.learning_rate),
             muon_learning_rate=muon_lr, beta=self.beta, weight_decay=self.weight_decay, nesterov=self.nesterov,

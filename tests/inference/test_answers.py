@@ -51,3 +51,15 @@ def test_hostile_completions_never_raise_run_or_hang(tmp_path):
 @given(text=hostile_text)
 def test_arbitrary_completions_never_raise(text):
     _check([text, "\\boxed{" + text + "}", text + "\\boxed{42}"], budget_s=0.5)
+
+
+def test_answer_ids_take_a_task_parser():
+    """A task whose answers are not `\\boxed{}` (Sudoku's `<answer>` digits) votes through `extract`: equal parsed
+    answers share an id, an unparsable or empty one does not vote, and the default parser would see none."""
+    from jaxllm.rewards.sudoku import extract_sudoku_digits
+
+    texts = ["<answer>1234</answer>", "no tag", "<answer>1234</answer>x", "<answer>4321</answer>", "<answer></answer>"]
+    ids, valid, keys, ref = answer_ids(texts, equivalence="exact", reference="4321", extract=extract_sudoku_digits)
+    assert valid.tolist() == [True, False, True, True, False]
+    assert ids[0] == ids[2] != ids[3] and keys == [("str", "1234"), ("str", "4321")] and ref == ids[3]
+    assert not answer_ids(texts)[1].any()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,6 +112,32 @@ def test_build_optimizer_runs_every_option(name):
         params, state, l = step(params, state)
         losses.append(float(l))
     assert losses[-1] < losses[0], losses
+
+
+def test_muon_lr_ratio_scales_the_matrices_peak_with_learning_rate():
+    """muon_lr_ratio = ρ gives the matrices the peak ρ · learning_rate whatever learning_rate is: the same
+    updates as muon_learning_rate = ρ · learning_rate, at two learning rates, and not those of the default 0.02."""
+    _, params = _tiny(n_layers=1)
+    grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=jnp.float32)).reshape(p.shape), params)
+    common = dict(schedule="cosine", warmup_steps=1)
+
+    def first_update(ocfg):
+        opt = ocfg.build(4)
+        state = opt.init(params)
+        state = opt.update(grads, state, params)[1]  # step 0 has lr 0 (warmup); compare step 1
+        return opt.update(grads, state, params)[0]
+
+    for lr in (3e-3, 1e-4):
+        ratio = first_update(build.MuonConfig(learning_rate=lr, muon_lr_ratio=7.0, **common))
+        absolute = first_update(build.MuonConfig(learning_rate=lr, muon_learning_rate=7.0 * lr, **common))
+        chex.assert_trees_all_close(ratio, absolute, rtol=1e-6, atol=1e-12)
+        q = ratio["layer_0"]["attn"]["q"]["kernel"]
+        q_default = first_update(build.MuonConfig(learning_rate=lr, **common))["layer_0"]["attn"]["q"]["kernel"]
+        assert not np.allclose(q, q_default)
+    assert build.MuonConfig(learning_rate=1e-4, muon_lr_ratio=7.0).matrix_learning_rate == pytest.approx(7e-4)
+    assert build.MuonConfig(learning_rate=1e-4, muon_learning_rate=0.0).matrix_learning_rate == 1e-4
+    with pytest.raises(ConfigError, match="optim.muon_lr_ratio"):
+        build.MuonConfig(muon_lr_ratio=-1.0)
 
 
 def test_optimizer_configs_reject_bad_values_naming_the_field():
