@@ -131,7 +131,11 @@ def check_parts(s: dict, seen: dict, cfg: cs.Config, run_dir) -> None:
         assert v["voting_traces"] < v["answered_traces"]
         if cfg.vote.method == "deepconf_low":
             assert v["voting_traces"] <= 0.5 * v["answered_traces"] + N_TEST
-    assert 0.0 <= s["heldout_acc"] <= 1.0 and s["tokens_generated"] > 0 and s["serve_seconds_per_problem"] > 0
+    if cfg.vote.method == "majority":  # vote=majority scores the plain majority of the same traces
+        assert s["heldout_acc"] == s["heldout_acc_majority"], s
+    # every trace's completion tokens up to EOS: at least one per answered trace, at most the generation length
+    assert v["answered_traces"] <= s["tokens_generated"] <= N_TEST * K * cfg.sft.gen_length, s
+    assert s["serve_seconds_per_problem"] > 0
     assert s["optimizer_state_bytes"] == max(b for k, b in s.items() if k.startswith("optimizer_state_bytes_"))
 
 
