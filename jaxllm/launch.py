@@ -22,9 +22,11 @@ import datetime
 import os
 import runpy
 import signal
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -32,6 +34,7 @@ from typing import Optional, Sequence
 
 EXPERIMENTS = "experiments"
 STOP_GRACE_S = 10.0  # after SIGTERM, seconds before the remaining processes get SIGKILL
+FAILURE_DIR_ENV = "JAXLLM_FAILURE_DIR"  # where each worker records when and how it failed, before it exits
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -97,6 +100,53 @@ def _die_with_launcher() -> None:
         os._exit(128 + signal.SIGKILL)
 
 
+def record_failure(code: int, env=None) -> None:
+    """This worker's failure, written before it exits: `<JAXLLM_FAILURE_DIR>/p<index>` holds its monotonic time
+    (CLOCK_MONOTONIC: one clock for every process of the machine) and exit code. The launcher orders failures by
+    these times, not by when it reaps the processes: a peer that fails *because* this one died (gloo sees the
+    closed socket) may be reaped first."""
+    env = os.environ if env is None else env
+    folder, index = env.get(FAILURE_DIR_ENV), env.get("JAXLLM_PROCESS_ID")
+    if not folder or index is None:
+        return
+    path = os.path.join(folder, f"p{index}")
+    try:
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{time.monotonic()!r} {int(code)}\n")
+        os.replace(path + ".tmp", path)
+    except OSError:  # the launcher is gone (its folder removed): nobody to tell
+        pass
+
+
+def read_failures(folder: str) -> dict[int, tuple[float, int]]:
+    """process -> (failure time, exit code) of the workers that recorded one (`record_failure`)."""
+    out = {}
+    for name in os.listdir(folder) if folder and os.path.isdir(folder) else ():
+        if not (name.startswith("p") and name[1:].isdigit()):
+            continue
+        try:
+            when, code = open(os.path.join(folder, name)).read().split()
+            out[int(name[1:])] = (float(when), int(code))
+        except (OSError, ValueError):  # being written: the next poll reads it
+            continue
+    return out
+
+
+def first_failure(exits: Sequence[tuple[int, int, float]], recorded: dict[int, tuple[float, int]]):
+    """(process, exit code) of the failure that came first, or None. exits: (process, code, time reaped) of the
+    processes that ended; recorded: the failures the workers wrote down themselves (`read_failures`), which count
+    even before their process is reaped. A failure a worker recorded is timed by its record (earlier than its
+    exit); one it could not record (killed by a signal, a C++ abort) by when it was reaped."""
+    times = {i: (when, code) for i, code, when in exits if code != 0}
+    for i, (when, code) in recorded.items():
+        if code != 0:
+            times[i] = (min(when, times.get(i, (when, code))[0]), code)
+    if not times:
+        return None
+    i = min(times, key=lambda j: (times[j][0], j))
+    return i, times[i][1]
+
+
 def _pump(stream, prefix: str, out) -> None:
     for line in iter(stream.readline, ""):
         out.write(prefix + line)
@@ -117,11 +167,12 @@ def launch(n: int, args: Sequence[str], module: str = EXPERIMENTS, timeout: floa
     base = dict(os.environ if env is None else env)
     procs: list[subprocess.Popen] = []
     pumps = []
-    exits: list[tuple[int, int]] = []  # (process, exit code) in the order they ended: the first failure is the cause
+    exits: list[tuple[int, int, float]] = []  # (process, exit code, when reaped)
+    failure_dir = tempfile.mkdtemp(prefix="jaxllm-launch-")  # the workers' own failure records: the first is the cause
     for i in range(n):
         child_env = {**base, "JAXLLM_COORDINATOR_ADDRESS": address, "JAXLLM_NUM_PROCESSES": str(n),
                      "JAXLLM_PROCESS_ID": str(i), "JAXLLM_LAUNCHER_PID": str(os.getpid()),
-                     "PYTHONUNBUFFERED": "1"}
+                     FAILURE_DIR_ENV: failure_dir, "PYTHONUNBUFFERED": "1"}
         p = subprocess.Popen([sys.executable, "-m", "jaxllm.launch", "--worker", "--module", module, *args],
                              env=child_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              start_new_session=True)  # its own process group: signals reach its threads' children too
@@ -129,7 +180,7 @@ def launch(n: int, args: Sequence[str], module: str = EXPERIMENTS, timeout: floa
         t = threading.Thread(target=_pump, args=(p.stdout, f"[p{i}] ", out), daemon=True)
         t.start()
         pumps.append(t)
-        threading.Thread(target=lambda i=i, p=p: exits.append((i, p.wait())), daemon=True).start()
+        threading.Thread(target=lambda i=i, p=p: exits.append((i, p.wait(), time.monotonic())), daemon=True).start()
 
     def signal_all(sig):
         for p in procs:
@@ -151,9 +202,9 @@ def launch(n: int, args: Sequence[str], module: str = EXPERIMENTS, timeout: floa
     try:
         while True:
             ended = list(exits)
-            failed = [(i, c) for i, c in ended if c != 0]
+            failed = first_failure(ended, read_failures(failure_dir)) if any(c for _, c, _ in ended) else None
             if failed:
-                i, c = failed[0]
+                i, c = failed
                 still = [j for j, p in enumerate(procs) if p.poll() is None]
                 what = f"received {signal.Signals(received[0][0]).name}" if received else "failed"
                 out.write(f"launch: process {i} of {n} {what}: exit code {describe_exit(c)}"
@@ -185,6 +236,7 @@ def launch(n: int, args: Sequence[str], module: str = EXPERIMENTS, timeout: floa
             t.join(timeout=5)
         for s, h in old.items():
             signal.signal(s, h)
+        shutil.rmtree(failure_dir, ignore_errors=True)
         out.flush()
     return code
 
@@ -215,6 +267,7 @@ def worker(module: str, args: Sequence[str]) -> None:
 
 
 def _leave(code: int) -> None:
+    record_failure(code)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

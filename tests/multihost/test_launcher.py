@@ -31,6 +31,34 @@ def test_dead_process_is_named_and_the_others_are_stopped():
     assert time.monotonic() - t0 < util.LIMIT_S - 30
 
 
+def test_the_first_to_fail_is_named_even_when_a_peer_is_reaped_first():
+    """Process 1 fails (code 3) and is slow to exit; process 0 fails because of it (code 1) and exits at once,
+    so the launcher reaps process 0 first. The cause named must be process 1, from the failure time each worker
+    records before exiting, not the order the launcher reaps them in."""
+    res = util.launch("tests.multihost.crash_child", "3", "late")
+    assert res.returncode == 3, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "launch: process 1 of 2 failed: exit code 3" in res.stdout, res.stdout[-3000:]
+
+
+def test_failures_are_ordered_by_their_records_then_by_reaping():
+    """first_failure: a recorded failure counts before its process is reaped and is timed by its record; a
+    failure without a record (a signal) by when it was reaped; clean exits never count."""
+    assert launch.first_failure([(0, 0, 1.0)], {}) is None
+    assert launch.first_failure([(0, 1, 5.0)], {1: (4.0, 3)}) == (1, 3)  # 1 not reaped yet, failed first
+    assert launch.first_failure([(0, 1, 5.0), (1, 3, 5.1)], {0: (4.9, 1), 1: (4.0, 3)}) == (1, 3)
+    assert launch.first_failure([(0, 1, 5.0), (1, 3, 5.1)], {0: (4.9, 1)}) == (0, 1)  # 1's record: none
+    assert launch.first_failure([(1, -9, 2.0), (0, 1, 2.5)], {0: (2.4, 1)}) == (1, -9)  # SIGKILLed first
+    assert launch.first_failure([(0, 0, 1.0), (1, 0, 1.0)], {}) is None
+
+
+def test_a_worker_records_its_failure_for_the_launcher(tmp_path):
+    launch.record_failure(7, env={launch.FAILURE_DIR_ENV: str(tmp_path), "JAXLLM_PROCESS_ID": "2"})
+    launch.record_failure(7, env={"JAXLLM_PROCESS_ID": "3"})  # not under a launcher: nothing written
+    (tmp_path / "p5.tmp").write_text("half")  # a record being written is not read
+    recorded = launch.read_failures(str(tmp_path))
+    assert list(recorded) == [2] and recorded[2][1] == 7 and abs(recorded[2][0] - time.monotonic()) < 60
+
+
 def test_run_dir_is_chosen_once_for_all_processes():
     args = launch.with_run_dir("experiments", ["li2_grokking", "steps=3"])
     assert args[:2] == ["li2_grokking", "steps=3"] and args[2].startswith("run_dir=runs/li2_grokking/")
