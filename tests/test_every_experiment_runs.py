@@ -35,6 +35,8 @@ SMALL = {
                                     "search_population=3", "window_seeds=0"],
     "compose_sudoku": TINY_DLLM + ["rl_run.prompts_per_batch=2", "optimizer=galore2", "serve.method=rsparse",
                                    "serve.sparsity=0.5", "serve.calib_prompts=8", "vote=deepconf_low", "vote.traces=4"],
+    "compose_sudoku_table": ["seeds=0", "rows=baseline,all"] + [f"base.{o}" for o in TINY_DLLM] + [
+        "base.rl_run.prompts_per_batch=2", "base.serve.calib_prompts=8", "base.vote.traces=4"],
     "dllm_sudoku_sft": ["trainer.steps=4", "n_train=64", "n_test=8", "settings=8:32:lc"],
     "dllm_countdown_sft": ["trainer.steps=4", "n_train=64", "n_test=8", "settings=12:48:lc"],
     "coconut_reachability": ["modes=coconut,cot", "n_train=64", "n_test=16", "analysis_samples=8",
