@@ -3,16 +3,26 @@
 For each modulus M every (train fraction, seed) run has the same shapes once the training pairs are padded to
 the largest split with a 0/1 weight, so one jitted, vmapped full-batch training loop trains them all at once.
 Train fractions are `fraction_scales` × p*(M), p*(M) = 2.7482·ln M/M (the reference's critical ratio), unless
-`train_fractions` gives absolute ones. A rerun with the same run_dir skips the moduli already in results.jsonl.
+`train_fractions` gives absolute ones. A rerun with the same run_dir skips the moduli already in results.jsonl;
+`workers=N` trains N moduli at once in separate processes (largest first).
+
+The boundary is fitted per modulus (`boundary_fit`): the train fraction where the mean test accuracy over seeds
+crosses 1/2, interpolated in log fraction between the two grid points that bracket it; then the constant c of
+p(M) = c·ln M/M (least squares in log space) and the free slope b of log p = log a + b·log(ln M/M) (b = 1 is the
+law's shape), each with a 95 % bootstrap interval over seeds (boundary_fit.json, plots/boundary_fit.png).
 
     python -m experiments li2_phase_diagram moduli=23,41,71 seeds=3 steps=3000
+    python -m experiments li2_phase_diagram moduli=23,31,41,53,71,97 seeds=3 \\
+        fraction_scales=0.8,0.9,1.0,1.1,1.2,1.3,1.4,1.5 workers=2        # the boundary-law sweep of li2.md
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 from pathlib import Path
 from typing import ClassVar
@@ -43,6 +53,8 @@ class Config:
     optim: optim_build.OptimizerConfig = optim_build.LI2_OPTIMIZERS["adam"]  # optim=adam | adamw | muon
     steps: int = 2000
     eval_every: int = 100  # test accuracy is recorded every this many steps (for the grok step)
+    workers: int = 1  # processes training moduli side by side (1: all in this process)
+    bootstrap: int = 2000  # resamples of the seeds for the boundary fit's intervals
     run_dir: str = ""
 
     CHOICES: ClassVar[dict] = {"optim": optim_build.LI2_OPTIMIZERS}
@@ -62,6 +74,8 @@ class Config:
         li2.Li2Config(max(self.moduli), self.hidden, self.activation, self.loss)
         check(self.steps >= 1 and self.eval_every >= 1 and self.steps % self.eval_every == 0,
               f"steps ({self.steps}) must be a positive multiple of eval_every ({self.eval_every})")
+        check(self.workers >= 1, f"workers must be >= 1, got {self.workers}")
+        check(self.bootstrap >= 1, f"bootstrap must be >= 1, got {self.bootstrap}")
 
     def fractions(self, modulus: int) -> list[float]:
         if self.train_fractions:
@@ -116,6 +130,28 @@ def train_runs(model: li2.Li2Config, tx: optax.GradientTransformation, data: dic
     return jax.vmap(one_run)(data["a"], data["b"], data["y"], data["w"], data["test_mask"], seeds)
 
 
+def train_modulus(config: Config, m: int) -> tuple[list[dict], float]:
+    """Every (fraction, seed) run of modulus m, trained at once: (result rows, seconds)."""
+    t_m = time.perf_counter()
+    tx = config.optim.build(config.steps, matrices=optim_build.li2_matrices)
+    group = ga.cyclic_group(m)
+    model = li2.Li2Config(m, config.hidden, config.activation, config.loss)
+    runs, data = stacked_splits(group, config.fractions(m), config.seeds)
+    seeds = jnp.asarray([s for _, s in runs], jnp.int32)
+    all_pairs = tuple(jnp.asarray(x) for x in ga.all_pairs(group))
+    fn = jax.jit(partial(train_runs, model, tx, steps=config.steps, eval_every=config.eval_every,
+                         all_pairs=all_pairs))
+    train_acc, test_acc = jax.device_get(fn({k: jnp.asarray(v) for k, v in data.items()}, seeds))
+    new = []
+    for r, (f, s) in enumerate(runs):
+        grok = np.nonzero(test_acc[r] >= GROK_THRESHOLD)[0]
+        new.append({"modulus": m, "train_fraction": f, "seed": s,
+                    "critical_train_fraction": round(ga.critical_train_fraction(m), 4),
+                    "train_accuracy": float(train_acc[r, -1]), "test_accuracy": float(test_acc[r, -1]),
+                    "grok_step": int((grok[0] + 1) * config.eval_every) if len(grok) else None})
+    return new, time.perf_counter() - t_m
+
+
 def run(config: Config) -> dict:
     t0 = time.perf_counter()
     run_dir = Path(config.run_dir or "runs/li2_phase_diagram/default")
@@ -123,40 +159,163 @@ def run(config: Config) -> dict:
     results_file = run_dir / "results.jsonl"
     rows = [json.loads(x) for x in results_file.read_text().splitlines()] if results_file.exists() else []
     done = {r["modulus"] for r in rows}
-    tx = config.optim.build(config.steps, matrices=optim_build.li2_matrices)
-    for m in config.moduli:
-        if m in done:
-            continue
-        t_m = time.perf_counter()
-        group = ga.cyclic_group(m)
-        model = li2.Li2Config(m, config.hidden, config.activation, config.loss)
-        runs, data = stacked_splits(group, config.fractions(m), config.seeds)
-        seeds = jnp.asarray([s for _, s in runs], jnp.int32)
-        all_pairs = tuple(jnp.asarray(x) for x in ga.all_pairs(group))
-        fn = jax.jit(partial(train_runs, model, tx, steps=config.steps, eval_every=config.eval_every,
-                             all_pairs=all_pairs))
-        train_acc, test_acc = jax.device_get(fn({k: jnp.asarray(v) for k, v in data.items()}, seeds))
-        new = []
-        for r, (f, s) in enumerate(runs):
-            grok = np.nonzero(test_acc[r] >= GROK_THRESHOLD)[0]
-            new.append({"modulus": m, "train_fraction": f, "seed": s,
-                        "critical_train_fraction": round(ga.critical_train_fraction(m), 4),
-                        "train_accuracy": float(train_acc[r, -1]), "test_accuracy": float(test_acc[r, -1]),
-                        "grok_step": int((grok[0] + 1) * config.eval_every) if len(grok) else None})
-        with open(results_file, "a") as fh:
+    pending = [m for m in config.moduli if m not in done]
+
+    def finished(m: int, new: list[dict], seconds: float) -> None:
+        with open(results_file, "a") as fh:  # only this process writes: a modulus at a time, whole
             fh.write("".join(json.dumps(x) + "\n" for x in new))
         rows.extend(new)
-        print(f"M={m}: {len(runs)} runs in {time.perf_counter() - t_m:.1f}s; test acc by fraction "
+        print(f"M={m}: {len(new)} runs in {seconds:.1f}s; test acc by fraction "
               + ", ".join(f"{f}: {np.mean([x['test_accuracy'] for x in new if x['train_fraction'] == f]):.2f}"
                           for f in config.fractions(m)), flush=True)
 
+    if config.workers > 1 and len(pending) > 1:
+        # spawn, not fork: a forked JAX runtime is not safe; the largest moduli first (they take longest)
+        with ProcessPoolExecutor(min(config.workers, len(pending)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(train_modulus, config, m): m for m in sorted(pending, reverse=True)}
+            for fut in as_completed(futures):
+                finished(futures[fut], *fut.result())
+    else:
+        for m in pending:
+            finished(m, *train_modulus(config, m))
+
     rows = [r for r in rows if r["modulus"] in config.moduli]
     summary = summarise(config, rows)
+    fit = boundary_fit(rows, config.moduli, config.bootstrap)
+    (run_dir / "boundary_fit.json").write_text(json.dumps(fit, indent=1) + "\n")
+    summary |= {f"boundary_{k}": fit[k] for k in ("constant", "constant_interval", "slope", "slope_interval")}
     summary["wall_time_s"] = round(time.perf_counter() - t0, 2)
     plot_phase_diagram(str(run_dir), config, rows)
-    (run_dir / "phase_table.md").write_text(phase_table(config, rows))
+    plot_boundary_fit(str(run_dir), fit)
+    (run_dir / "phase_table.md").write_text(phase_table(config, rows) + "\n" + boundary_table(fit))
     write_summary(str(run_dir), summary, title="Li2 phase diagram")
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The boundary, fitted.
+
+
+def crossing(fractions, accuracies, level: float = 0.5):
+    """The train fraction where accuracy crosses `level` from below: the smallest grid index j from which every
+    accuracy is ≥ level, interpolated in log fraction between grid points j−1 and j. Returns (fraction, lower
+    bracket, upper bracket), or None when the grid does not bracket it (all ≥ level: below the grid; the
+    largest fraction < level: above it)."""
+    f = np.asarray(fractions, np.float64)
+    a = np.asarray(accuracies, np.float64)
+    order = np.argsort(f)
+    f, a = f[order], a[order]
+    above = a >= level
+    if not above[-1] or above.all():
+        return None
+    j = int(len(a) - np.argmin(above[::-1]))  # first index of the final run of ≥ level
+    lo, hi = np.log(f[j - 1]), np.log(f[j])
+    t = (level - a[j - 1]) / (a[j] - a[j - 1])
+    return float(np.exp(lo + t * (hi - lo))), float(f[j - 1]), float(f[j])
+
+
+def _law_fit(moduli, boundaries) -> tuple[float, float]:
+    """(c, b): c of p = c·x with x = ln M/M (least squares on log p − log x), b the slope of log p on log x."""
+    x = np.log(np.log(moduli) / np.asarray(moduli, np.float64))
+    y = np.log(boundaries)
+    c = float(np.exp(np.mean(y - x)))
+    b = float(np.polyfit(x, y, 1)[0]) if len(set(moduli)) >= 2 else None
+    return c, b
+
+
+def boundary_fit(rows: list[dict], moduli, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Per modulus the boundary (`crossing` of the mean test accuracy over seeds) and its 95 % interval over
+    seed resamples; the law's constant c and free slope b on the moduli whose boundary the grid brackets, with
+    95 % intervals from resampling each modulus's seeds."""
+    rng = np.random.default_rng(seed)
+    table: dict[int, dict] = {}
+    per_m = {}
+    for m in moduli:
+        mine = [r for r in rows if r["modulus"] == m]
+        fr = sorted({r["train_fraction"] for r in mine})
+        seeds = sorted({r["seed"] for r in mine})
+        acc = np.array([[next(r["test_accuracy"] for r in mine if r["train_fraction"] == f and r["seed"] == s)
+                         for s in seeds] for f in fr])  # [fractions, seeds]
+        per_m[m] = (fr, acc)
+        cross = crossing(fr, acc.mean(axis=1))
+        p_star = ga.critical_train_fraction(m)
+        table[m] = {"predicted": p_star, "boundary": None if cross is None else cross[0],
+                    "bracket": None if cross is None else list(cross[1:]),
+                    "ratio_to_predicted": None if cross is None else cross[0] / p_star}
+    fitted = [m for m in moduli if table[m]["boundary"] is not None]
+    out = {"moduli": {str(m): v for m, v in table.items()}, "fitted_moduli": fitted,
+           "reference_constant": ga.CRITICAL_RATIO_MULTIPLIER, "constant": None, "constant_interval": None,
+           "slope": None, "slope_interval": None, "bootstrap": bootstrap}
+    if not fitted:
+        return out
+    c, b = _law_fit(fitted, [table[m]["boundary"] for m in fitted])
+    cs, bs, per_boot = [], [], {m: [] for m in fitted}
+    for _ in range(bootstrap):
+        picks = {}
+        for m in fitted:
+            fr, acc = per_m[m]
+            cross = crossing(fr, acc[:, rng.integers(0, acc.shape[1], acc.shape[1])].mean(axis=1))
+            if cross is None:  # this resample's grid does not bracket modulus m: the resample is dropped
+                break
+            picks[m] = cross[0]
+        else:
+            for m in fitted:
+                per_boot[m].append(picks[m])
+            cb, bb = _law_fit(fitted, [picks[m] for m in fitted])
+            cs.append(cb)
+            bs.append(bb)
+    for m in fitted:
+        table[m]["interval"] = ([float(np.percentile(per_boot[m], 2.5)), float(np.percentile(per_boot[m], 97.5))]
+                                if per_boot[m] else None)
+    out |= {"moduli": {str(m): v for m, v in table.items()}, "constant": c, "slope": b,
+            "constant_interval": [float(np.percentile(cs, 2.5)), float(np.percentile(cs, 97.5))] if cs else None,
+            "slope_interval": ([float(np.percentile(bs, 2.5)), float(np.percentile(bs, 97.5))]
+                               if bs and len(fitted) >= 2 else None),
+            "bootstrap_kept": len(cs)}
+    return out
+
+
+def boundary_table(fit: dict) -> str:
+    lines = ["| M | p* = 2.7482·ln M/M | fitted boundary | 95 % interval (seeds) | bracket | boundary / p* |",
+             "|---|---|---|---|---|---|"]
+    for m, v in fit["moduli"].items():
+        if v["boundary"] is None:
+            lines.append(f"| {m} | {v['predicted']:.4f} | not bracketed by the grid | | | |")
+            continue
+        iv = v.get("interval") or [float("nan")] * 2
+        lines.append(f"| {m} | {v['predicted']:.4f} | {v['boundary']:.4f} | [{iv[0]:.4f}, {iv[1]:.4f}] | "
+                     f"[{v['bracket'][0]:.4f}, {v['bracket'][1]:.4f}] | {v['ratio_to_predicted']:.3f} |")
+    if fit["constant"] is not None:
+        ci, si = fit["constant_interval"], fit["slope_interval"]
+        lines += ["", f"Fitted constant c of p = c·ln M/M: {fit['constant']:.4f}"
+                  + (f" (95 % interval [{ci[0]:.4f}, {ci[1]:.4f}])" if ci else "")
+                  + f"; the reference's {fit['reference_constant']}."
+                  + ("" if fit["slope"] is None else f" Free slope b of log p on log(ln M/M): {fit['slope']:.3f}"
+                     + (f" ([{si[0]:.3f}, {si[1]:.3f}])" if si else "") + " (the law: b = 1).")]
+    return "\n".join(lines) + "\n"
+
+
+def plot_boundary_fit(run_dir: str, fit: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = [int(m) for m in fit["fitted_moduli"]]
+    if not ms:
+        return
+    fig, ax = plt.subplots(figsize=(7, 5))
+    p = np.array([fit["moduli"][str(m)]["boundary"] for m in ms])
+    iv = np.array([fit["moduli"][str(m)]["interval"] or [b, b] for m, b in zip(ms, p)])
+    ax.errorbar(ms, p, yerr=[p - iv[:, 0], iv[:, 1] - p], fmt="o", capsize=4, label="fitted boundary (95 % over seeds)")
+    grid = np.linspace(min(ms) * 0.9, max(ms) * 1.1, 200)
+    ax.plot(grid, fit["reference_constant"] * np.log(grid) / grid, "k--", label=f"{fit['reference_constant']}·ln M / M")
+    ax.plot(grid, fit["constant"] * np.log(grid) / grid, "r-", label=f"fitted {fit['constant']:.3f}·ln M / M")
+    ax.set_xlabel("modulus M")
+    ax.set_ylabel("train fraction at the boundary")
+    ax.set_yscale("log")
+    ax.legend()
+    save_figure(fig, run_dir, "boundary_fit")
 
 
 def mean_test_accuracy(rows: list[dict], m: int, f: float) -> float:

@@ -118,3 +118,64 @@ def test_phase_diagram_tiny_grid_separates_memorisation_and_generalisation(tmp_p
     again = li2_phase_diagram.run(cfg)
     assert {k: v for k, v in again.items() if k != "wall_time_s"} == {k: v for k, v in summary.items() if k != "wall_time_s"}
     assert len((tmp_path / "pd" / "results.jsonl").read_text().splitlines()) == 4
+
+
+def test_boundary_crossing_interpolates_in_log_fraction_and_says_when_the_grid_misses_it():
+    cross = li2_phase_diagram.crossing
+    # 0.5 lies a third of the way from 0.25 to 1.0: log-interpolated between 0.2 and 0.4
+    assert cross([0.4, 0.1, 0.2], [1.0, 0.0, 0.25]) == pytest.approx((0.2 * 2 ** (1 / 3), 0.2, 0.4))
+    assert cross([0.1, 0.2], [0.6, 1.0]) is None  # below the grid
+    assert cross([0.1, 0.2], [0.0, 0.4]) is None  # above the grid
+    assert cross([0.1, 0.2, 0.3, 0.4], [0.0, 0.6, 0.2, 1.0])[1:] == (0.3, 0.4)  # the last crossing from below
+
+
+def _law_rows(boundary_of, moduli, seeds=3, width=0.03):
+    """Rows whose test accuracy is a steep logistic in log fraction around boundary_of(M) (times a per-seed
+    jitter of ±2 %), on a grid of 0.8..1.5 × p*(M) in steps of 0.05."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for m in moduli:
+        for s in range(seeds):
+            p = boundary_of(m) * np.exp(rng.uniform(-0.02, 0.02))
+            for scale in np.arange(0.8, 1.501, 0.05):
+                f = scale * li2_phase_diagram.ga.critical_train_fraction(m)
+                rows.append({"modulus": m, "seed": s, "train_fraction": float(f),
+                             "test_accuracy": float(1 / (1 + np.exp(-(np.log(f) - np.log(p)) / width)))})
+    return rows
+
+
+def test_boundary_fit_recovers_the_law_constant_and_rejects_another_shape():
+    """On accuracies built from p = 3.0·ln M/M the fit returns c within 2 % (the seeds' jitter is ±2 %) with an
+    interval holding it and slope ≈ 1; on p = 1.6/√M (a different law, equal at M ≈ 50) the slope's 95 %
+    interval excludes 1, so the test of the law's shape can fail."""
+    import numpy as np
+
+    moduli = (23, 31, 41, 53, 71, 97)
+    fit = li2_phase_diagram.boundary_fit(_law_rows(lambda m: 3.0 * np.log(m) / m, moduli), moduli, bootstrap=300)
+    assert fit["fitted_moduli"] == list(moduli)
+    assert fit["constant"] == pytest.approx(3.0, rel=0.02)
+    assert fit["constant_interval"][0] <= 3.0 <= fit["constant_interval"][1]
+    assert fit["slope_interval"][0] <= 1.0 <= fit["slope_interval"][1] and abs(fit["slope"] - 1.0) < 0.05
+    other = li2_phase_diagram.boundary_fit(_law_rows(lambda m: 1.6 / np.sqrt(m), moduli), moduli, bootstrap=300)
+    lo, hi = other["slope_interval"]
+    assert not lo <= 1.0 <= hi, other["slope_interval"]
+
+
+@pytest.mark.slow  # two spawned JAX processes: ~20 s idle, ~85 s on a loaded core
+def test_moduli_trained_in_worker_processes_give_the_same_rows(tmp_path):
+    """workers=2 trains the two moduli in two spawned processes: the rows are the ones one process gives
+    (same jitted computation, same seeds), and the boundary fit is written."""
+    common = ["moduli=17,19", "fraction_scales=0.5,1.5", "seeds=1", "hidden=32", "lr=1e-2", "steps=100",
+              "eval_every=50", "bootstrap=10"]
+
+    def rows(workers):
+        cfg = apply_overrides(li2_phase_diagram.Config(), common + [f"workers={workers}", f"run_dir={tmp_path / str(workers)}"])
+        li2_phase_diagram.run(cfg)
+        assert (tmp_path / str(workers) / "boundary_fit.json").is_file()
+        lines = (tmp_path / str(workers) / "results.jsonl").read_text().splitlines()
+        return sorted((json.loads(x) for x in lines), key=lambda r: (r["modulus"], r["train_fraction"], r["seed"]))
+
+    one, two = rows(1), rows(2)
+    assert len(one) == 4 and one == two
