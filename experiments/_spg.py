@@ -95,6 +95,11 @@ def load_sft_state(sft_run_dir: str, mcfg, sft_optim: build.OptimizerConfig, sft
     mine = dataclasses.asdict(mcfg)
     diff = sorted(k for k in mine if k in saved and json.loads(json.dumps(mine[k])) != saved[k])
     check(not diff, f"init_from={sft_run_dir!r} holds a model with different {diff} than sft.model")
+    saved_optim = json.loads((Path(sft_run_dir) / "config.json").read_text()).get("optim", {}).get("name")
+    check(saved_optim in (None, sft_optim.name),
+          f"init_from={sft_run_dir!r} was trained with the {saved_optim!r} optimizer, this run's SFT optimizer is "
+          f"{sft_optim.name!r}: its optimizer state does not restore into another family (choose the run's own "
+          f"optimizer, or an SFT run trained with {sft_optim.name!r})")
     params = jax.eval_shape(lambda: init_params(mcfg, jax.random.PRNGKey(0)))
     opt = jax.eval_shape(sft_optim.build(sft_steps).init, params)
     abstract = TrainState(params, opt, jax.ShapeDtypeStruct((), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.uint32))

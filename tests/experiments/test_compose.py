@@ -149,6 +149,11 @@ def test_each_switch_value_runs_and_is_detected(tmp_path, probes):
     run_row(tmp_path, sft_dirs, probes, "muon", "d1", "teal", "deepconf_high")
     run_row(tmp_path, sft_dirs, probes, "adamw", "wd1", "rsparse", "majority", sparsity=0.0, tag="-s0")
     assert galore["optimizer_state_bytes_sft"] < base["optimizer_state_bytes_sft"]
+    # an SFT start trained with another optimizer family is refused by name, before any training
+    cfg = apply_overrides(cs.Config(), TINY + switches("galore2", "d1", "dense", "majority")
+                          + [f"init_from={sft_dirs['adamw']}", f"run_dir={tmp_path / 'wrong-family'}"])
+    with pytest.raises(ConfigError, match="trained with the 'adamw' optimizer.*'galore_adamw'"):
+        cs.run(cfg)
 
 
 def pairwise_rows():
